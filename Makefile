@@ -1,0 +1,39 @@
+# synthmed developer entry points. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ROOT   ?= $(CURDIR)
+PORT   ?= 5000
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test test-fast bench ui clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed  ## create .venv and install synthmed with dev extras
+
+demo: venv  ## train a small DDPM on the built-in phantom data (CPU, a few minutes), log it to MLflow
+	$(VENV)/bin/synthmed train experiment=demo paths.root=$(ROOT)
+
+test: venv  ## run the whole test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-fast: venv  ## the fast tier only (skips tests marked slow)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: venv  ## benchmarks: side-by-side ratios against a plain PyTorch loop / pytorch-fid
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/fid.py
+
+ui: venv  ## MLflow UI on http://127.0.0.1:$(PORT) over the local store
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(ROOT)/mlflow.db
+
+clean:  ## remove run outputs (keeps .venv)
+	rm -rf outputs multirun checkpoints .cache mlartifacts mlruns mlflow.db .pytest_cache

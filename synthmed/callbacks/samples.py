@@ -1,0 +1,47 @@
+"""Sample grids logged to MLflow as `samples/step_XXXXXXX.png` at every evaluation."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from synthmed.tracking.mlflow_utils import mlflow_run
+from synthmed.viz import image_grid, save_png
+
+
+class SampleGrid(pl.Callback):
+    """Draw `n` samples with a fixed seed after each validation and log their grid.
+
+    The seed is the same at every step, so the grids show one set of samples evolving through training.
+
+    Args:
+        n: images in the grid.
+        seed: generator seed for the grid's samples.
+    """
+
+    def __init__(self, n: int = 16, seed: int = 0) -> None:
+        if n < 1:
+            raise ValueError(f"callbacks.sample_grid.n must be >= 1, got {n}")
+        self.n = n
+        self.seed = seed
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.log_grid(trainer, pl_module)
+
+    def log_grid(self, trainer: pl.Trainer, pl_module) -> str | None:
+        """Sample, draw and log one grid; returns its artifact path (None without an MLflow logger)."""
+        run = mlflow_run(trainer)
+        if run is None:
+            return None
+        images = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed))
+        with tempfile.TemporaryDirectory() as tmp:
+            png = save_png(image_grid(images), Path(tmp) / f"step_{trainer.global_step:07d}.png")
+            run.client.log_artifact(run.run_id, str(png), "samples")
+        return f"samples/{png.name}"

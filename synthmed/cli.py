@@ -1,0 +1,50 @@
+"""`synthmed <command> ...`: dispatch to the Hydra apps (train, sample, evaluate) and the plain subcommands."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: synthmed <command> [args]
+
+commands:
+  train      train a model: synthmed train model=ddpm dataset=phantom2d hardware=cpu [key=value ...] [-m]
+  sample     write samples of a trained run: synthmed sample run=<run id | config hash> n=100 out=DIR format=png
+  fid        FID between two folders or .npz stats: synthmed fid DIR_A DIR_B [--dims 2048]
+
+Hydra commands accept any key=value override; `--cfg job` prints the composed config, `--help` lists groups."""
+
+
+def _hydra_app(module: str):
+    def run(argv: list[str]) -> int | None:
+        # Hydra reads sys.argv itself: present the subcommand's arguments as the program's own.
+        sys.argv = [f"synthmed {module}", *argv]
+        app = __import__(f"synthmed.{module}", fromlist=["main"])
+        app.main()
+        return 0
+
+    return run
+
+
+def _fid(argv: list[str]) -> int | None:
+    from synthmed.metrics.fid_cli import main as fid_main
+
+    return fid_main(argv)
+
+
+COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "fid": _fid}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"synthmed: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return int(COMMANDS[command](rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

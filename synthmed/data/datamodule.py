@@ -1,0 +1,90 @@
+"""The generic, DDP-safe datamodule: one class for every on-disk format.
+
+A format is a Dataset class built as `dataset(split="train"|"val"|"test")` from a Hydra partial
+(conf/dataset/*.yaml). It exposes `spatial_dims`, `channels`, `fingerprint` (same for all splits) and `intensity`
+(the native -> [-1, 1] mapping that exports invert). Lightning inserts a DistributedSampler under DDP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+SPLITS = ("train", "val", "test")
+
+
+class GenerativeDataModule(pl.LightningDataModule):
+    """Wraps a dataset factory into train/val/test loaders.
+
+    Args:
+        dataset: callable `dataset(split=...) -> Dataset` (a `_partial_` config) whose items are dicts with an
+            `image` tensor `[C, H, W]` or `[C, H, W, D]` in [-1, 1].
+        batch_size: images per step per device.
+        num_workers: loader processes (speed only; results do not depend on it).
+        val_batch_size: batch size of the val/test loaders; defaults to `batch_size`.
+    """
+
+    def __init__(self, dataset: Callable[..., Dataset], batch_size: int = 16, num_workers: int = 0,
+                 val_batch_size: int | None = None) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"dataset.datamodule.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"dataset.datamodule.num_workers must be >= 0, got {num_workers}")
+        self.dataset_factory = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_batch_size = val_batch_size or batch_size
+        self._splits: dict[str, Dataset] = {}
+
+    def split(self, name: str) -> Dataset:
+        """The dataset of one split, built once (construction may render or scan files)."""
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got '{name}'")
+        if name not in self._splits:
+            self._splits[name] = self.dataset_factory(split=name)
+        return self._splits[name]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The dataset's fingerprint (the `synthmed.dataset_fingerprint` tag)."""
+        return str(self.split("train").fingerprint)
+
+    @property
+    def intensity(self) -> dict:
+        return dict(getattr(self.split("train"), "intensity", {}))
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+        for name in wanted.get(stage, SPLITS):
+            self.split(name)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.split(split),
+            batch_size=self.batch_size if split == "train" else self.val_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,  # equal-sized training steps; evaluation sees every image
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def images(self, split: str, n: int | None = None) -> torch.Tensor:
+        """The first n images of a split stacked `[n, C, *spatial]` (reference sets for metrics)."""
+        ds = self.split(split)
+        count = len(ds) if n is None else min(n, len(ds))
+        return torch.stack([ds[i]["image"] for i in range(count)])

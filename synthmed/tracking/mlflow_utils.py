@@ -1,0 +1,172 @@
+"""MLflow helpers: store location, run naming, tags, the run record (config, environment) and run look-up.
+
+The layout is DESIGN.md's "MLflow layout": experiment = dataset name by default, run name
+`<model>-<dataset>-<hash8>`, params = flattened resolved config, tags `synthmed.*`, artifacts `config/`, `samples/`,
+`checkpoints/`, `metrics/`, `env/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import MLFlowLogger
+
+import synthmed
+
+TAG_HASH = "synthmed.config_hash"
+TAG_FAMILY = "synthmed.model_family"
+TAG_FINGERPRINT = "synthmed.dataset_fingerprint"
+TAG_GIT_SHA = "synthmed.git_sha"
+TAG_VERSION = "synthmed.version"
+TAG_MODEL = "synthmed.model"
+
+
+def tracking_uri(configured: str | None, root: str | Path) -> str:
+    """An explicit config value wins, then `MLFLOW_TRACKING_URI`, then `sqlite:///<root>/mlflow.db`."""
+    if configured:
+        return str(configured)
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+
+
+def is_local_store(uri: str) -> bool:
+    """True for stores on this machine, whose artifacts we place under `paths.root` too."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def artifact_location(uri: str, root: str | Path) -> str | None:
+    """`<root>/mlartifacts` for local stores; a server decides for itself."""
+    return (Path(root).resolve() / "mlartifacts").as_uri() if is_local_store(uri) else None
+
+
+def run_name(model: str, dataset: str, full_hash: str) -> str:
+    return f"{model}-{dataset}-{full_hash[:8]}"
+
+
+def git_sha() -> str:
+    """HEAD of the checkout synthmed runs from (+ `-dirty` when it has uncommitted changes), or `unknown`."""
+    repo = Path(synthmed.__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def run_tags(full_hash: str, family: str, model: str, fingerprint: str) -> dict[str, str]:
+    return {TAG_HASH: full_hash, TAG_FAMILY: family, TAG_MODEL: model, TAG_FINGERPRINT: fingerprint,
+            TAG_GIT_SHA: git_sha(), TAG_VERSION: synthmed.__version__}
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    """`{"model": {"lr": 1}}` -> `{"model.lr": "1"}`; lists stay one value (MLflow params are strings)."""
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: json.dumps(node) if isinstance(node, (list, tuple)) else str(node)}
+
+
+def resolved_container(cfg: DictConfig) -> dict:
+    """The resolved config without Hydra's own node, as plain containers."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    return data
+
+
+def requirements() -> str:
+    """`name==version` of every installed distribution, sorted: the environment a result came from."""
+    dists = {(d.metadata["Name"] or "").lower(): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    return "".join(f"{name}=={version}\n" for name, version in sorted(dists.items()))
+
+
+def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
+    """Write `text` as the artifact `artifact_file` (e.g. `config/config.yaml`)."""
+    folder, name = os.path.split(artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / name
+        local.write_text(text)
+        client.log_artifact(run_id, str(local), folder or None)
+
+
+def log_json(client: MlflowClient, run_id: str, obj: Any, artifact_file: str) -> None:
+    log_text(client, run_id, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", artifact_file)
+
+
+def log_run_record(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
+    """The resolved config and the package versions: what `synthmed reproduce` needs."""
+    log_text(client, run_id, OmegaConf.to_yaml(OmegaConf.create(resolved_container(cfg))), "config/config.yaml")
+    log_text(client, run_id, requirements(), "env/requirements.txt")
+
+
+def find_run(client: MlflowClient, ref: str) -> Run:
+    """A run by its id, or the newest run whose config hash starts with `ref` (>= 6 hex digits), FINISHED first."""
+    try:
+        return client.get_run(ref)
+    except Exception:  # MlflowException for an unknown id; fall through to the hash search
+        pass
+    if len(ref) < 6 or any(c not in "0123456789abcdef" for c in ref.lower()):
+        raise ValueError(f"'{ref}' is neither a run id nor a config hash prefix of at least 6 hex digits")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`{TAG_HASH}` LIKE '{ref.lower()}%'",
+                              order_by=["attributes.start_time DESC"])
+    if not runs:
+        raise LookupError(f"no run with id or config hash '{ref}' in {client.tracking_uri}")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    return (finished or runs)[0]
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """The MLflow run a trainer logs to."""
+
+    client: MlflowClient
+    run_id: str
+
+
+def mlflow_run(trainer) -> RunRef | None:
+    """The trainer's MLflow run, or None when it has no MLFlowLogger (e.g. a bare test trainer)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            return RunRef(logger.experiment, logger.run_id)
+    return None
+
+
+def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str) -> MLFlowLogger:
+    """The run's MLFlowLogger with its name, tags and (local stores) artifact folder under `paths.root`."""
+    from synthmed.config import instantiate  # late: config imports metrics, which may import heavy extractors
+
+    uri = tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root)
+    return instantiate(
+        cfg.logger, "logger", tracking_uri=uri, artifact_location=artifact_location(uri, cfg.paths.root),
+        run_name=run_name(cfg.model.name, cfg.dataset.name, full_hash),
+        tags=run_tags(full_hash, family, cfg.model.name, fingerprint),
+    )
+
+
+@contextmanager
+def run_status(client: MlflowClient, run_id: str):
+    """End the run FAILED when the block raises and KILLED on Ctrl-C, then re-raise; FINISHED otherwise."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")

@@ -1,0 +1,83 @@
+"""`synthmed train`: seed -> data -> model -> callbacks -> logger -> trainer -> fit -> evaluate -> record."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from synthmed.callbacks.metrics import evaluate_generation, log_result
+from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
+from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking.confighash import config_hash, short_hash
+
+log = logging.getLogger(__name__)
+
+
+def build_callbacks(cfg: DictConfig, suite) -> list[pl.Callback]:
+    """Every entry of `callbacks`; one that declares `suite: null` gets the run's MetricSuite."""
+    out = []
+    for key, node in (cfg or {}).items():
+        extra = {"suite": suite} if "suite" in node and node.suite is None else {}
+        out.append(instantiate(node, f"callbacks.{key}", **extra))
+    return out
+
+
+def record_final(run: mt.RunRef, trainer: pl.Trainer, result, out_dir: Path) -> Path:
+    """Log the final metrics, write metrics/final.json and the final checkpoint (weights-only loadable)."""
+    log_result(run, result, trainer.global_step)
+    mt.log_json(run.client, run.run_id, {"step": trainer.global_step, "metrics": result.values,
+                                         "tags": result.tags}, "metrics/final.json")
+    ckpt = out_dir / "checkpoints" / "final.ckpt"
+    trainer.save_checkpoint(ckpt)
+    run.client.log_artifact(run.run_id, str(ckpt), "checkpoints")
+    return ckpt
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, evaluate and record one run; returns the final metrics (keys from metrics/names.py)."""
+    check_targets(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
+    model = instantiate(cfg.model, "model")
+    suite = instantiate(cfg.metrics, "metrics")
+    full_hash = config_hash(cfg)
+    logger = mt.make_logger(cfg, model.family, datamodule.fingerprint, full_hash)
+    run = mt.RunRef(logger.experiment, logger.run_id)
+    with mt.run_status(run.client, run.run_id):
+        logger.log_hyperparams(mt.flatten(mt.resolved_container(cfg)))
+        mt.log_run_record(run.client, run.run_id, cfg)
+        trainer = pl.Trainer(**cfg.trainer, **cfg.hardware, callbacks=build_callbacks(cfg.callbacks, suite),
+                             logger=logger, default_root_dir=cfg.paths.output_dir)
+        trainer.fit(model, datamodule=datamodule)
+        result = evaluate_generation(model, datamodule, suite, cfg.eval.n_samples, cfg.eval.seed,
+                                     cfg.eval.split, cfg.eval.n_real)
+        record_final(run, trainer, result, Path(cfg.paths.output_dir))
+    print_summary(run, full_hash, result.values, cfg)
+    return result.values
+
+
+def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float], cfg: DictConfig) -> None:
+    """What the user needs next: the run id, the hash to reproduce it, the numbers and how to look at them."""
+    lines = [f"run id:       {run.run_id}", f"config hash:  {short_hash(full_hash)}",
+             f"metrics:      {json.dumps({k: round(v, 5) for k, v in values.items()})}",
+             f"tracking:     {run.client.tracking_uri}",
+             f"open the UI:  mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri {run.client.tracking_uri}"]
+    print("\n".join(["", "synthmed run finished", *lines]), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    values = train(cfg)
+    monitor = cfg.get("optimized_metric")
+    return values.get(monitor) if monitor else None
+
+
+register_resolvers()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Shared fixtures: composed configs under a temporary root, and a pre-migrated MLflow sqlite store.
+
+A fresh sqlite store costs seconds of schema migrations; one migrated template is copied per test instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from synthmed.config import CONF_DIR, register_resolvers
+
+register_resolvers()
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+    """No test sees the user's MLflow server or torch hub cache (tests never touch the network)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SYNTHMED_ROOT", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch_home_empty"))
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """A migrated, empty `mlflow.db`, created once per test session."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def run_root(tmp_path, mlflow_template) -> Path:
+    """A `paths.root` with its own copy of the migrated store."""
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+def compose_train(root: Path, overrides: list[str] = (), config_name: str = "train"):
+    """The composed `train` config as `synthmed train` would see it, with every path under `root`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=[
+            f"paths.root={root}", f"paths.output_dir={root}/outputs/job", *overrides])

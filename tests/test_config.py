@@ -1,0 +1,98 @@
+"""Every conf/ file composes; the config hash and the _target_ allowlist keep their contracts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from synthmed.config import CONF_DIR, DisallowedTargetError, check_targets, instantiate
+from synthmed.tracking.confighash import config_hash, semantic_config, short_hash
+from tests.conftest import compose_train
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_config_composes_and_resolves(tmp_path, group, option):
+    overrides = [f"{group}={option}"]
+    if group == "dataset" and option not in ("phantom2d", "phantom3d"):
+        overrides.append("dataset.datamodule.dataset.root=/data/somewhere")  # the one required key
+    cfg = compose_train(tmp_path, overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    check_targets(cfg)
+    assert resolved["paths"]["root"] == str(tmp_path)
+    assert isinstance(resolved["model"]["image_shape"], list)
+
+
+def test_every_leaf_key_is_commented():
+    # DESIGN.md: every config value carries an inline comment with its unit and reason.
+    missing = []
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
+                continue
+            key, _, value = stripped.partition(":")
+            is_leaf = value.strip() not in ("", "|", ">")
+            if is_leaf and key not in ("_target_", "defaults") and "#" not in value:
+                missing.append(f"{path.relative_to(CONF_DIR)}:{number}: {stripped}")
+    assert not missing, "keys without an inline comment:\n" + "\n".join(missing)
+
+
+def test_hash_ignores_override_order_and_paths(tmp_path):
+    a = compose_train(tmp_path / "a", ["seed=3", "trainer.max_steps=7"])
+    b = compose_train(tmp_path / "b", ["trainer.max_steps=7", "seed=3"])
+    assert config_hash(a) == config_hash(b)
+    assert re.fullmatch(r"[0-9a-f]{64}", config_hash(a))
+    assert short_hash(config_hash(a)) == config_hash(a)[:12]
+
+
+@pytest.mark.parametrize("override", ["dataset.datamodule.num_workers=4", "trainer.log_every_n_steps=1",
+                                      "trainer.enable_progress_bar=false", "logger.tracking_uri=sqlite:///x.db",
+                                      "callbacks.sample_grid.n=4", "experiment_name=other"])
+def test_hash_ignores_non_semantic_keys(tmp_path, override):
+    assert config_hash(compose_train(tmp_path)) == config_hash(compose_train(tmp_path, [override]))
+
+
+@pytest.mark.parametrize("override", ["seed=1", "trainer.max_steps=3", "dataset.datamodule.batch_size=8",
+                                      "model.optimizer.lr=0.001", "hardware.devices=2", "hardware.precision=16-mixed",
+                                      "dataset.size=32", "eval.n_samples=10"])
+def test_hash_changes_with_semantic_keys(tmp_path, override):
+    assert config_hash(compose_train(tmp_path)) != config_hash(compose_train(tmp_path, [override]))
+
+
+def test_semantic_config_drops_locations(tmp_path):
+    sem = semantic_config(compose_train(tmp_path))
+    assert "paths" not in sem and "logger" not in sem and "callbacks" not in sem
+    assert str(tmp_path) not in str(sem)
+
+
+def test_disallowed_target_is_refused_with_its_key(tmp_path):
+    cfg = compose_train(tmp_path, ["model.net._target_=os.system"])
+    with pytest.raises(DisallowedTargetError, match=r"model\.net\._target_.*os\.system"):
+        check_targets(cfg)
+    with pytest.raises(DisallowedTargetError, match=r"model\.net\._target_"):
+        instantiate(cfg.model, "model")
+
+
+def test_metric_resolver_spells_names_once(tmp_path):
+    from synthmed.metrics import names
+
+    cfg = OmegaConf.create({"monitor": "${metric:FID}"})
+    assert cfg.monitor == names.FID == "val/fid"
+    with pytest.raises(Exception, match="unknown metric constant"):
+        OmegaConf.create({"m": "${metric:NOPE}"}).m
+
+
+def test_data_inside_the_root_stays_in_the_hash(tmp_path):
+    # Only derived output/cache folders are locations; a data path under paths.root is a setting.
+    a = compose_train(Path("/proj"), ["+dataset.datamodule.dataset.root=/proj/data/a"])
+    b = compose_train(Path("/proj"), ["+dataset.datamodule.dataset.root=/proj/data/b"])
+    assert config_hash(a) != config_hash(b)

@@ -1,0 +1,132 @@
+"""A smoke training run is recorded in MLflow and read back: params, tags, metrics, artifacts, status."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from synthmed.metrics import names
+from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking.confighash import config_hash
+from synthmed.train import train
+from tests.conftest import compose_train
+
+FAST = ["debug=smoke", "model.process.num_inference_steps=3"]
+
+
+def _only_run(client: MlflowClient):
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1, f"expected one run, found {len(runs)}"
+    return runs[0]
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out.extend(_artifacts(client, run_id, item.path) if item.is_dir else [item.path])
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, mlflow_template):
+    import shutil
+
+    root = tmp_path_factory.mktemp("smoke_root")
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    cfg = compose_train(root, FAST)
+    values = train(cfg)
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    return cfg, values, client, _only_run(client), root
+
+
+def test_run_is_named_tagged_and_finished(smoke_run):
+    cfg, _, client, run, _ = smoke_run
+    full = config_hash(cfg)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == f"ddpm-phantom2d-{full[:8]}"
+    assert client.get_experiment(run.info.experiment_id).name == "phantom2d"
+    tags = run.data.tags
+    assert tags[mt.TAG_HASH] == full
+    assert tags[mt.TAG_FAMILY] == "diffusion"
+    assert re.fullmatch(r"[0-9a-f]{64}", tags[mt.TAG_FINGERPRINT])
+    assert tags[mt.TAG_VERSION]
+    assert re.fullmatch(r"([0-9a-f]{40}(-dirty)?|unknown)", tags[mt.TAG_GIT_SHA])
+
+
+def test_params_are_the_flattened_resolved_config(smoke_run):
+    cfg, _, _, run, root = smoke_run
+    params = run.data.params
+    assert params["model._target_"] == "synthmed.models.ddpm.DDPMModule"
+    assert params["trainer.max_steps"] == str(cfg.trainer.max_steps) == "4"
+    assert params["dataset.image_shape"] == "[1, 16, 16]"
+    assert params["paths.root"] == str(root)
+
+
+def test_metrics_are_logged_under_the_shared_keys(smoke_run):
+    _, values, client, run, _ = smoke_run
+    history = client.get_metric_history(run.info.run_id, names.TRAIN_LOSS)
+    assert len(history) >= 3 and all(torch.isfinite(torch.tensor(m.value)) for m in history)
+    assert names.VAL_LOSS in run.data.metrics
+    diversity = client.get_metric_history(run.info.run_id, names.MS_SSIM_DIVERSITY)
+    assert {m.step for m in diversity} >= {2, 4}  # the two evaluations (and the final one at step 4)
+    assert values[names.MS_SSIM_DIVERSITY] == pytest.approx(run.data.metrics[names.MS_SSIM_DIVERSITY])
+
+
+def test_fid_without_weights_is_skipped_with_a_tag(smoke_run):
+    _, values, _, run, _ = smoke_run
+    assert names.FID not in values and names.FID not in run.data.metrics
+    reason = run.data.tags["synthmed.fid.skipped"]
+    assert "pt_inception-2015-12-05-6726825d.pth" in reason and "hub" in reason
+
+
+def test_artifacts_are_recorded(smoke_run):
+    cfg, values, client, run, root = smoke_run
+    arts = _artifacts(client, run.info.run_id)
+    assert "config/config.yaml" in arts and "env/requirements.txt" in arts
+    assert "samples/step_0000002.png" in arts and "samples/step_0000004.png" in arts
+    assert "checkpoints/final.ckpt" in arts and "metrics/final.json" in arts
+    local = client.download_artifacts(run.info.run_id, "metrics/final.json", str(root / "dl"))
+    final = json.loads(open(local).read())
+    assert final["step"] == 4 and final["metrics"] == pytest.approx(values)
+    assert str(root) in run.info.artifact_uri  # artifacts live under paths.root
+    ckpt = client.download_artifacts(run.info.run_id, "checkpoints/final.ckpt", str(root / "dl"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert any(k.startswith("ema.") for k in state["state_dict"])
+
+
+def test_recorded_config_recomposes_to_the_same_hash(smoke_run):
+    from omegaconf import OmegaConf
+
+    cfg, _, client, run, root = smoke_run
+    local = client.download_artifacts(run.info.run_id, "config/config.yaml", str(root / "dl"))
+    assert config_hash(OmegaConf.load(local)) == config_hash(cfg)
+
+
+def test_found_by_id_and_by_hash_prefix(smoke_run):
+    cfg, _, client, run, _ = smoke_run
+    assert mt.find_run(client, run.info.run_id).info.run_id == run.info.run_id
+    assert mt.find_run(client, config_hash(cfg)[:12]).info.run_id == run.info.run_id
+    with pytest.raises(LookupError):
+        mt.find_run(client, "abcdef123456")
+    with pytest.raises(ValueError, match="config hash prefix"):
+        mt.find_run(client, "xyz")
+
+
+def test_a_run_that_raises_ends_failed(run_root):
+    cfg = compose_train(run_root, [*FAST, "eval.split=nope"])  # fails after fit, in the final evaluation
+    with pytest.raises(ValueError, match="split must be one of"):
+        train(cfg)
+    client = MlflowClient(f"sqlite:///{run_root}/mlflow.db")
+    assert _only_run(client).info.status == "FAILED"
+
+
+def test_tracking_uri_precedence(monkeypatch, tmp_path):
+    assert mt.tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert mt.tracking_uri(None, tmp_path) == "http://127.0.0.1:5000"
+    assert mt.tracking_uri("sqlite:////x/y.db", tmp_path) == "sqlite:////x/y.db"
+    assert mt.artifact_location("http://127.0.0.1:5000", tmp_path) is None
