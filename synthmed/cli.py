@@ -8,7 +8,7 @@ USAGE = """usage: synthmed <command> [args]
 
 commands:
   train      train a model: synthmed train model=ddpm dataset=phantom2d hardware=cpu [key=value ...] [-m]
-  sample     write samples of a trained run: synthmed sample run=<run id | config hash> n=100 out=DIR format=png
+  sample     write marked synthetic images: synthmed sample run=<run id | config hash> n=100 out=DIR format=png|nifti|dicom
   fid        FID between two folders or .npz stats: synthmed fid DIR_A DIR_B [--dims 2048]
 
 Hydra commands accept any key=value override; `--cfg job` prints the composed config, `--help` lists groups."""

@@ -27,6 +27,16 @@ def build_callbacks(cfg: DictConfig, suite) -> list[pl.Callback]:
     return out
 
 
+def dataset_record(cfg: DictConfig, datamodule) -> dict:
+    """What exports need to invert the intensity mapping and place samples in the data's geometry.
+
+    Numbers only (bounds, affine): never a header of a real file.
+    """
+    train_set = datamodule.split("train")
+    return {"name": cfg.dataset.name, "fingerprint": datamodule.fingerprint, "intensity": datamodule.intensity,
+            "geometry": getattr(train_set, "geometry", None), "spatial_dims": cfg.dataset.spatial_dims}
+
+
 def record_final(run: mt.RunRef, trainer: pl.Trainer, result, out_dir: Path) -> Path:
     """Log the final metrics, write metrics/final.json and the final checkpoint (weights-only loadable)."""
     log_result(run, result, trainer.global_step)
@@ -51,6 +61,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with mt.run_status(run.client, run.run_id):
         logger.log_hyperparams(mt.flatten(mt.resolved_container(cfg)))
         mt.log_run_record(run.client, run.run_id, cfg)
+        mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
         trainer = pl.Trainer(**cfg.trainer, **cfg.hardware, callbacks=build_callbacks(cfg.callbacks, suite),
                              logger=logger, default_root_dir=cfg.paths.output_dir)
         trainer.fit(model, datamodule=datamodule)
