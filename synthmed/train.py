@@ -14,6 +14,7 @@ from synthmed.callbacks.metrics import evaluate_generation, log_result
 from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking.confighash import config_hash, short_hash
+from synthmed.tracking.sweep import job_overrides
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger = mt.make_logger(cfg, model.family, datamodule.fingerprint, full_hash)
     run = mt.RunRef(logger.experiment, logger.run_id)
     with mt.run_status(run.client, run.run_id):
-        logger.log_hyperparams(mt.flatten(mt.resolved_container(cfg)))
+        overrides = {f"override.{k}": v for k, v in job_overrides().items()}
+        logger.log_hyperparams({**mt.flatten(mt.resolved_container(cfg)), **overrides})
         mt.log_run_record(run.client, run.run_id, cfg)
         mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
         trainer = pl.Trainer(**cfg.trainer, **cfg.hardware, callbacks=build_callbacks(cfg.callbacks, suite),

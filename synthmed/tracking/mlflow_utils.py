@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import tempfile
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -149,24 +150,31 @@ def mlflow_run(trainer) -> RunRef | None:
 def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str) -> MLFlowLogger:
     """The run's MLFlowLogger with its name, tags and (local stores) artifact folder under `paths.root`."""
     from synthmed.config import instantiate  # late: config imports metrics, which may import heavy extractors
+    from synthmed.tracking.sweep import parent_tags
 
     uri = tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root)
     return instantiate(
         cfg.logger, "logger", tracking_uri=uri, artifact_location=artifact_location(uri, cfg.paths.root),
         run_name=run_name(cfg.model.name, cfg.dataset.name, full_hash),
-        tags=run_tags(full_hash, family, cfg.model.name, fingerprint),
+        tags={**run_tags(full_hash, family, cfg.model.name, fingerprint), **parent_tags()},
     )
+
+
+def _killed(exc: BaseException) -> bool:
+    """Ctrl-C, or SIGTERM (Lightning turns it into SIGTERMException at the next batch boundary)."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    return isinstance(exc, (KeyboardInterrupt, SIGTERMException))
 
 
 @contextmanager
 def run_status(client: MlflowClient, run_id: str):
-    """End the run FAILED when the block raises and KILLED on Ctrl-C, then re-raise; FINISHED otherwise."""
+    """End the run FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED with its traceback as `error/traceback.txt`."""
     try:
         yield
-    except KeyboardInterrupt:
-        client.set_terminated(run_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as exc:
+        if not _killed(exc):
+            log_text(client, run_id, traceback.format_exc(), "error/traceback.txt")
+        client.set_terminated(run_id, "KILLED" if _killed(exc) else "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")

@@ -1,0 +1,83 @@
+"""Sweeps in MLflow: one parent run per Hydra multirun, each job a child run (`mlflow.parentRunId`).
+
+A Hydra callback (conf/hydra/default.yaml) opens the parent before any job starts, which also creates and migrates
+the tracking store once, before parallel launchers fan out. Jobs find the parent through an environment variable,
+which launchers that start processes (joblib, submitit) pass on to their workers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from synthmed.tracking import mlflow_utils as mt
+
+PARENT_ENV = "SYNTHMED_PARENT_RUN_ID"
+URI_ENV = "SYNTHMED_SWEEP_TRACKING_URI"
+
+
+def experiment_id(client: MlflowClient, name: str, root: str) -> str:
+    """The experiment's id, creating it (with artifacts under `root` for local stores) when missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=mt.artifact_location(client.tracking_uri, root))
+
+
+class MLflowSweepCallback(Callback):
+    """Opens the sweep's parent run and closes it FINISHED, or FAILED when a job failed or the sweep raised."""
+
+    def __init__(self) -> None:
+        self.client: MlflowClient | None = None
+        self.parent: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        uri = mt.tracking_uri(config.logger.get("tracking_uri"), config.paths.root)
+        self.client = MlflowClient(uri)
+        exp = experiment_id(self.client, str(config.experiment_name), str(config.paths.root))
+        overrides = " ".join(config.hydra.overrides.task)
+        run = self.client.create_run(exp, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+                                     tags={"synthmed.sweep": "parent", "synthmed.sweep_overrides": overrides})
+        self.parent = run.info.run_id
+        os.environ[PARENT_ENV], os.environ[URI_ENV] = self.parent, uri
+        # The sweeper raises on a failed job before on_multirun_end runs: close the parent at exit instead.
+        atexit.register(self._close, "FAILED")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._close("FINISHED")
+
+    def _close(self, status: str) -> None:
+        if self.client is None or self.parent is None:
+            return
+        children = self.client.search_runs(
+            [self.client.get_run(self.parent).info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent}'")
+        if any(c.info.status != "FINISHED" for c in children):
+            status = "FAILED"
+        self.client.set_tag(self.parent, "synthmed.sweep_children", str(len(children)))
+        self.client.set_terminated(self.parent, status)
+        os.environ.pop(PARENT_ENV, None)
+        self.parent = None
+
+
+def parent_tags() -> dict[str, str]:
+    """Tags that make the current job a child of the running sweep (empty outside a sweep)."""
+    parent = os.environ.get(PARENT_ENV)
+    return {"mlflow.parentRunId": parent} if parent else {}
+
+
+def job_overrides() -> dict[str, str]:
+    """This job's command-line overrides (`model=gan seed=1` -> {"model": "gan", "seed": "1"})."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = HydraConfig.get().overrides.task
+    except ValueError:  # not inside a Hydra app (tests compose configs directly)
+        return {}
+    return dict(o.split("=", 1) for o in task if "=" in o)
