@@ -167,3 +167,15 @@ def test_sample_refuses_png_for_volumes_and_unknown_formats(smoke_run, tmp_path)
     with pytest.raises(ValueError, match="format must be one of"):
         sample(compose_train(root, [f"run={config_hash(cfg)[:12]}", "format=jpeg", f"out={tmp_path}"],
                              config_name="sample"))
+
+
+def test_two_runs_in_one_process_log_to_their_own_roots(tmp_path, mlflow_template):
+    import shutil
+
+    roots = [tmp_path / "one", tmp_path / "two"]
+    for root in roots:
+        root.mkdir()
+        shutil.copy(mlflow_template, root / "mlflow.db")
+        train(compose_train(root, [*FAST, "trainer.max_steps=1", "trainer.val_check_interval=1", "eval.n_samples=2"]))
+    for root in roots:
+        assert _only_run(MlflowClient(f"sqlite:///{root}/mlflow.db")).info.status == "FINISHED"

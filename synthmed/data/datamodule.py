@@ -12,9 +12,35 @@ from functools import cached_property
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 SPLITS = ("train", "val", "test")
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled indices whose order depends only on (seed, epoch), so a resumed run sees the same batches.
+
+    `skip_in(epoch, n)` drops the first n indices of that one epoch: the batches a killed run had already consumed.
+    `__len__` stays the full length, so Lightning's count of batches per epoch is unchanged by a resume.
+    """
+
+    def __init__(self, length: int, seed: int = 0) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+        self._skip: tuple[int, int] = (-1, 0)
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of every epoch
+        self.epoch = epoch
+
+    def skip_in(self, epoch: int, n: int) -> None:
+        self._skip = (epoch, n)
+
+    def __iter__(self):
+        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        start = self._skip[1] if self._skip[0] == self.epoch else 0
+        return iter(order[start:].tolist())
+
+    def __len__(self) -> int:
+        return self.length
 
 
 class GenerativeDataModule(pl.LightningDataModule):
@@ -26,10 +52,11 @@ class GenerativeDataModule(pl.LightningDataModule):
         batch_size: images per step per device.
         num_workers: loader processes (speed only; results do not depend on it).
         val_batch_size: batch size of the val/test loaders; defaults to `batch_size`.
+        seed: seed of the training order (epoch e is permutation(seed + e)).
     """
 
     def __init__(self, dataset: Callable[..., Dataset], batch_size: int = 16, num_workers: int = 0,
-                 val_batch_size: int | None = None) -> None:
+                 val_batch_size: int | None = None, seed: int = 0) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"dataset.datamodule.batch_size must be >= 1, got {batch_size}")
@@ -39,6 +66,7 @@ class GenerativeDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_batch_size = val_batch_size or batch_size
+        self.seed = seed
         self._splits: dict[str, Dataset] = {}
 
     def split(self, name: str) -> Dataset:
@@ -63,25 +91,34 @@ class GenerativeDataModule(pl.LightningDataModule):
         for name in wanted.get(stage, SPLITS):
             self.split(name)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             self.split(split),
             batch_size=self.batch_size if split == "train" else self.val_batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,  # equal-sized training steps; evaluation sees every image
+            sampler=sampler,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # Its own generator: creating an iterator would otherwise draw from the global RNG and shift the
+            # training noise of a resumed run by one draw.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        sampler = EpochSampler(len(self.split("train")), self.seed)
+        loop = self.trainer.fit_loop if self.trainer is not None else None
+        if loop is not None and loop.restarting:
+            # Resuming mid-epoch: continue the interrupted epoch's order after the batches already trained on.
+            done = loop.epoch_loop.batch_progress.current.ready
+            sampler.skip_in(loop.epoch_progress.current.processed, done * self.batch_size)
+        return self._loader("train", sampler, drop_last=True)  # equal-sized training steps
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")  # evaluation sees every image, in order
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def images(self, split: str, n: int | None = None) -> torch.Tensor:
         """The first n images of a split stacked `[n, C, *spatial]` (reference sets for metrics)."""

@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 import synthmed
 
+ENV_URI = "MLFLOW_TRACKING_URI"
 TAG_HASH = "synthmed.config_hash"
 TAG_FAMILY = "synthmed.model_family"
 TAG_FINGERPRINT = "synthmed.dataset_fingerprint"
@@ -37,7 +38,7 @@ def tracking_uri(configured: str | None, root: str | Path) -> str:
     """An explicit config value wins, then `MLFLOW_TRACKING_URI`, then `sqlite:///<root>/mlflow.db`."""
     if configured:
         return str(configured)
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+    return os.environ.get(ENV_URI) or f"sqlite:///{Path(root).resolve()}/mlflow.db"
 
 
 def is_local_store(uri: str) -> bool:
@@ -114,8 +115,11 @@ def log_run_record(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
     log_text(client, run_id, requirements(), "env/requirements.txt")
 
 
-def find_run(client: MlflowClient, ref: str) -> Run:
-    """A run by its id, or the newest run whose config hash starts with `ref` (>= 6 hex digits), FINISHED first."""
+def find_run(client: MlflowClient, ref: str, prefer_finished: bool = True) -> Run:
+    """A run by its id, or the newest run whose config hash starts with `ref` (>= 6 hex digits).
+
+    `prefer_finished`: among runs of one hash, a FINISHED one wins over newer failed or killed ones.
+    """
     try:
         return client.get_run(ref)
     except Exception:  # MlflowException for an unknown id; fall through to the hash search
@@ -127,7 +131,7 @@ def find_run(client: MlflowClient, ref: str) -> Run:
                               order_by=["attributes.start_time DESC"])
     if not runs:
         raise LookupError(f"no run with id or config hash '{ref}' in {client.tracking_uri}")
-    finished = [r for r in runs if r.info.status == "FINISHED"]
+    finished = [r for r in runs if r.info.status == "FINISHED"] if prefer_finished else []
     return (finished or runs)[0]
 
 
@@ -147,17 +151,35 @@ def mlflow_run(trainer) -> RunRef | None:
     return None
 
 
-def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str) -> MLFlowLogger:
-    """The run's MLFlowLogger with its name, tags and (local stores) artifact folder under `paths.root`."""
+def tracking_client(cfg: DictConfig) -> MlflowClient:
+    """A client of the store this config logs to."""
+    return MlflowClient(tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root))
+
+
+def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str,
+                run_id: str | None = None) -> MLFlowLogger:
+    """The run's MLFlowLogger with its name, tags and (local stores) artifact folder under `paths.root`.
+
+    With `run_id` it continues that run (resume) instead of creating one.
+    """
     from synthmed.config import instantiate  # late: config imports metrics, which may import heavy extractors
     from synthmed.tracking.sweep import parent_tags
 
     uri = tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root)
-    return instantiate(
+    logger = instantiate(
         cfg.logger, "logger", tracking_uri=uri, artifact_location=artifact_location(uri, cfg.paths.root),
         run_name=run_name(cfg.model.name, cfg.dataset.name, full_hash),
-        tags={**run_tags(full_hash, family, cfg.model.name, fingerprint), **parent_tags()},
+        tags={**run_tags(full_hash, family, cfg.model.name, fingerprint), **parent_tags()}, run_id=run_id,
     )
+    # Lightning calls mlflow.set_tracking_uri(), which exports MLFLOW_TRACKING_URI: the next run in this process
+    # (a sweep job, a notebook cell) would take that for the user's choice and log into this run's store.
+    saved = os.environ.get(ENV_URI)
+    logger.experiment  # noqa: B018 - creates (or re-opens) the run now
+    if saved is None:
+        os.environ.pop(ENV_URI, None)
+    else:
+        os.environ[ENV_URI] = saved
+    return logger
 
 
 def _killed(exc: BaseException) -> bool:
