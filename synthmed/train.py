@@ -1,4 +1,7 @@
-"""`synthmed train`: seed -> data -> model -> callbacks -> logger -> trainer -> fit -> evaluate -> record."""
+"""`synthmed train`: seed -> data -> model -> callbacks -> logger -> trainer -> fit -> evaluate -> record.
+
+`resume=<run id | config hash | last>` continues a killed or failed run of the same config in its MLflow run.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from synthmed.callbacks.metrics import evaluate_generation, log_result
 from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking.confighash import config_hash, short_hash
+from synthmed.tracking.resume import TAG_CHECKPOINT_DIR, find_resume
 from synthmed.tracking.sweep import job_overrides
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,14 @@ def dataset_record(cfg: DictConfig, datamodule) -> dict:
             "geometry": getattr(train_set, "geometry", None), "spatial_dims": cfg.dataset.spatial_dims}
 
 
+def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule) -> None:
+    """Params (the flattened resolved config and this job's overrides), config, environment, data record."""
+    overrides = {f"override.{k}": v for k, v in job_overrides().items()}
+    logger.log_hyperparams({**mt.flatten(mt.resolved_container(cfg)), **overrides})
+    mt.log_run_record(run.client, run.run_id, cfg)
+    mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
+
+
 def record_final(run: mt.RunRef, trainer: pl.Trainer, result, out_dir: Path) -> Path:
     """Log the final metrics, write metrics/final.json and the final checkpoint (weights-only loadable)."""
     log_result(run, result, trainer.global_step)
@@ -57,16 +69,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model, "model")
     suite = instantiate(cfg.metrics, "metrics")
     full_hash = config_hash(cfg)
-    logger = mt.make_logger(cfg, model.family, datamodule.fingerprint, full_hash)
+    resume = find_resume(mt.tracking_client(cfg), str(cfg.resume), full_hash) if cfg.get("resume") else None
+    logger = mt.make_logger(cfg, model.family, datamodule.fingerprint, full_hash, resume and resume.run_id)
     run = mt.RunRef(logger.experiment, logger.run_id)
     with mt.run_status(run.client, run.run_id):
-        overrides = {f"override.{k}": v for k, v in job_overrides().items()}
-        logger.log_hyperparams({**mt.flatten(mt.resolved_container(cfg)), **overrides})
-        mt.log_run_record(run.client, run.run_id, cfg)
-        mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
+        if resume is None:
+            record_start(run, logger, cfg, datamodule)
+        else:
+            run.client.update_run(run.run_id, status="RUNNING")
+        run.client.set_tag(run.run_id, TAG_CHECKPOINT_DIR, str(Path(cfg.paths.output_dir) / "checkpoints"))
         trainer = pl.Trainer(**cfg.trainer, **cfg.hardware, callbacks=build_callbacks(cfg.callbacks, suite),
                              logger=logger, default_root_dir=cfg.paths.output_dir)
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
         result = evaluate_generation(model, datamodule, suite, cfg.eval.n_samples, cfg.eval.seed,
                                      cfg.eval.split, cfg.eval.n_real)
         record_final(run, trainer, result, Path(cfg.paths.output_dir))
