@@ -9,6 +9,7 @@ USAGE = """usage: synthmed <command> [args]
 commands:
   train      train a model: synthmed train model=ddpm dataset=phantom2d hardware=cpu [key=value ...] [-m]
   sample     write marked synthetic images: synthmed sample run=<run id | config hash> n=100 out=DIR format=png|nifti|dicom
+  evaluate   full metric suite on a trained run: synthmed evaluate run=<run id | config hash> n_samples=256
   fid        FID between two folders or .npz stats: synthmed fid DIR_A DIR_B [--dims 2048]
 
 Hydra commands accept any key=value override; `--cfg job` prints the composed config, `--help` lists groups."""
@@ -31,7 +32,8 @@ def _fid(argv: list[str]) -> int | None:
     return fid_main(argv)
 
 
-COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "fid": _fid}
+COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
+            "fid": _fid}
 
 
 def main(argv: list[str] | None = None) -> int:

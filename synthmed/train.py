@@ -13,7 +13,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from synthmed.callbacks.metrics import evaluate_generation, log_result
+from synthmed.callbacks.metrics import evaluate_generation, log_result, record
 from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking.confighash import config_hash, short_hash
@@ -50,12 +50,12 @@ def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule) -> None:
     mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
 
 
-def record_final(run: mt.RunRef, trainer: pl.Trainer, result, out_dir: Path) -> Path:
+def record_final(run: mt.RunRef, trainer: pl.Trainer, evaluation, cfg: DictConfig) -> Path:
     """Log the final metrics, write metrics/final.json and the final checkpoint (weights-only loadable)."""
-    log_result(run, result, trainer.global_step)
-    mt.log_json(run.client, run.run_id, {"step": trainer.global_step, "metrics": result.values,
-                                         "tags": result.tags}, "metrics/final.json")
-    ckpt = out_dir / "checkpoints" / "final.ckpt"
+    log_result(run, evaluation, trainer.global_step)
+    meta = {"seed": cfg.eval.seed, "split": cfg.eval.split}
+    mt.log_json(run.client, run.run_id, record(evaluation, trainer.global_step, **meta), "metrics/final.json")
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt"
     trainer.save_checkpoint(ckpt)
     run.client.log_artifact(run.run_id, str(ckpt), "checkpoints")
     return ckpt
@@ -81,14 +81,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer = pl.Trainer(**cfg.trainer, **cfg.hardware, callbacks=build_callbacks(cfg.callbacks, suite),
                              logger=logger, default_root_dir=cfg.paths.output_dir)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
-        result = evaluate_generation(model, datamodule, suite, cfg.eval.n_samples, cfg.eval.seed,
-                                     cfg.eval.split, cfg.eval.n_real)
-        record_final(run, trainer, result, Path(cfg.paths.output_dir))
-    print_summary(run, full_hash, result.values, cfg)
-    return result.values
+        final_suite = instantiate(cfg.metrics, "metrics", metrics=list(cfg.eval.metrics))
+        evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
+                                         cfg.eval.split, cfg.eval.n_real)
+        record_final(run, trainer, evaluation, cfg)
+    print_summary(run, full_hash, evaluation.result.values)
+    return evaluation.result.values
 
 
-def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float], cfg: DictConfig) -> None:
+def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float]) -> None:
     """What the user needs next: the run id, the hash to reproduce it, the numbers and how to look at them."""
     lines = [f"run id:       {run.run_id}", f"config hash:  {short_hash(full_hash)}",
              f"metrics:      {json.dumps({k: round(v, 5) for k, v in values.items()})}",

@@ -79,6 +79,7 @@ def test_metrics_are_logged_under_the_shared_keys(smoke_run):
 def test_fid_without_weights_is_skipped_with_a_tag(smoke_run):
     _, values, _, run, _ = smoke_run
     assert names.FID not in values and names.FID not in run.data.metrics
+    assert names.MEMORIZATION_RATE in values  # the full suite runs at the end of training
     reason = run.data.tags["synthmed.fid.skipped"]
     assert "pt_inception-2015-12-05-6726825d.pth" in reason and "hub" in reason
 
@@ -179,3 +180,26 @@ def test_two_runs_in_one_process_log_to_their_own_roots(tmp_path, mlflow_templat
         train(compose_train(root, [*FAST, "trainer.max_steps=1", "trainer.val_check_interval=1", "eval.n_samples=2"]))
     for root in roots:
         assert _only_run(MlflowClient(f"sqlite:///{root}/mlflow.db")).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("child", [False, True])
+def test_evaluate_command_scores_a_run_with_the_full_suite(smoke_run, child):
+    from synthmed.evaluate import evaluate
+
+    cfg, _, client, run, root = smoke_run
+    ev = evaluate(compose_train(root, [f"run={run.info.run_id}", "n_samples=12", f"child_run={child}",
+                                       "metrics.kid_subset_size=4"], config_name="evaluate"))
+    values = ev.result.values
+    assert {names.MS_SSIM_DIVERSITY, names.MEMORIZATION_RATE} <= set(values)
+    assert names.FID not in values and "fid.skipped" in ev.result.tags  # no Inception weights in tests
+    assert len(ev.fake) == 12
+    runs = client.search_runs([run.info.experiment_id])
+    target = next(r for r in runs if r.info.run_id != run.info.run_id) if child else client.get_run(run.info.run_id)
+    if child:
+        assert target.data.tags["mlflow.parentRunId"] == run.info.run_id and target.info.status == "FINISHED"
+    local = client.download_artifacts(target.info.run_id, "metrics/eval.json", str(root / f"dl_eval_{child}"))
+    recorded = json.loads(open(local).read())
+    assert recorded["n_samples"] == 12 and recorded["step"] == 4 and recorded["seed"] == 1234
+    assert recorded["metrics"][names.MEMORIZATION_RATE] == pytest.approx(values[names.MEMORIZATION_RATE])
+    pngs = [a.path for a in client.list_artifacts(target.info.run_id, "metrics")]
+    assert "metrics/memorization_step_0000004.png" in pngs

@@ -6,36 +6,68 @@ Only the model's `sample()` is called, so every family gets the same metrics und
 from __future__ import annotations
 
 import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
 
 from synthmed.tracking.mlflow_utils import RunRef, mlflow_run
+from synthmed.viz import image_grid, save_png
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_generation(model, datamodule, suite, n_samples: int, seed: int, split: str = "val",
-                        n_real: int | None = None):
-    """Sample `n_samples` images with `seed` and score them against the first `n_real` images of `split`.
+@dataclass
+class Evaluation:
+    """A scored set of samples: the suite's result and the images behind it (for artifacts)."""
 
-    Returns the suite's result (`values` keyed by names.py, `tags` with provenance and skip reasons).
-    """
-    fake = model.sample(n_samples, generator=torch.Generator().manual_seed(seed))
+    result: object  # SuiteResult: values (keys of names.py), tags (provenance), artifacts
+    fake: Tensor  # [n, C, *spatial]
+    train: Tensor | None  # [m, C, *spatial] when memorization was audited
+
+
+def evaluate_generation(model, datamodule, suite, n_samples: int, seed: int, split: str = "val",
+                        n_real: int | None = None) -> Evaluation:
+    """Sample `n_samples` images with `seed` and score them against the first `n_real` images of `split`."""
+    fake = model.sample(n_samples, generator=torch.Generator().manual_seed(seed)).cpu()
     real = datamodule.images(split, n_real)
     needs_train = "memorization" in getattr(suite, "metrics", ())
     train = datamodule.images("train") if needs_train else None
     ref_key = f"{datamodule.fingerprint}-{split}-{len(real)}"
-    return suite(fake.cpu(), real, train=train, ref_key=ref_key)
+    return Evaluation(suite(fake, real, train=train, ref_key=ref_key), fake, train)
 
 
-def log_result(run: RunRef, result, step: int) -> None:
-    """Metrics at `step`, provenance as `synthmed.<name>` tags (a FID without its provenance is not comparable)."""
+def record(evaluation: Evaluation, step: int, **meta) -> dict:
+    """The JSON record of an evaluation (metrics/final.json, metrics/eval.json): numbers, provenance, counts."""
+    result = evaluation.result
+    return {"step": step, "metrics": result.values, "tags": result.tags, "n_samples": len(evaluation.fake), **meta}
+
+
+def memorization_pairs(evaluation: Evaluation) -> Tensor | None:
+    """The audit's closest (sample, training image) pairs side by side, `[2k, C, *spatial]`, or None."""
+    audit = evaluation.result.artifacts.get("memorization")
+    if audit is None or evaluation.train is None or not audit.top_pairs:
+        return None
+    return torch.stack([img for s, t, _ in audit.top_pairs for img in (evaluation.fake[s], evaluation.train[t])])
+
+
+def log_result(run: RunRef, evaluation: Evaluation, step: int) -> None:
+    """Metrics at `step`, provenance as `synthmed.<name>` tags (a FID without its provenance is not comparable),
+    and the memorization audit's closest pairs as `metrics/memorization_step_XXXXXXX.png`."""
+    result = evaluation.result
     for key, value in result.values.items():
         run.client.log_metric(run.run_id, key, float(value), step=step)
     for key, value in result.tags.items():
         run.client.set_tag(run.run_id, f"synthmed.{key}", str(value))
+    pairs = memorization_pairs(evaluation)
+    if pairs is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = save_png(image_grid(pairs, nrow=2), Path(tmp) / f"memorization_step_{step:07d}.png")
+            run.client.log_artifact(run.run_id, str(png), "metrics")
 
 
 class GenerationMetrics(pl.Callback):
@@ -67,6 +99,6 @@ class GenerationMetrics(pl.Callback):
         run = mlflow_run(trainer)
         if run is None or self._evals % self.every_n_evals:
             return
-        result = evaluate_generation(pl_module, trainer.datamodule, self.suite, self.n_samples, self.seed)
-        log_result(run, result, trainer.global_step)
-        log.info("step %d: %s", trainer.global_step, {k: round(v, 4) for k, v in result.values.items()})
+        evaluation = evaluate_generation(pl_module, trainer.datamodule, self.suite, self.n_samples, self.seed)
+        log_result(run, evaluation, trainer.global_step)
+        log.info("step %d: %s", trainer.global_step, {k: round(v, 4) for k, v in evaluation.result.values.items()})

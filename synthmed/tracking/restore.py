@@ -23,6 +23,7 @@ class Restored:
     cfg: DictConfig
     model: GenerativeModule
     dataset: dict  # data/dataset.json: name, fingerprint, intensity, geometry
+    step: int  # global step of the loaded checkpoint
 
 
 def download(client: MlflowClient, run_id: str, artifact: str, cache: Path) -> Path:
@@ -40,9 +41,9 @@ def restore(client: MlflowClient, ref: str, cache: Path, checkpoint: str = "fina
     run_id = run.info.run_id
     cfg = OmegaConf.load(download(client, run_id, "config/config.yaml", cache))
     model = instantiate(cfg.model, "model")
-    load_weights(model, download(client, run_id, f"checkpoints/{checkpoint}", cache))
+    ckpt = load_weights(model, download(client, run_id, f"checkpoints/{checkpoint}", cache))
     try:
         dataset = json.loads(download(client, run_id, "data/dataset.json", cache).read_text())
     except Exception:  # runs recorded before data/dataset.json existed: export in [-1, 1] units
         dataset = {"name": cfg.dataset.name, "intensity": {}, "geometry": None}
-    return Restored(run, cfg, model.eval(), dataset)
+    return Restored(run, cfg, model.eval(), dataset, int(ckpt.get("global_step", 0)))

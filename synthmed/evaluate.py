@@ -1,0 +1,57 @@
+"""`synthmed evaluate`: the full metric suite on a trained run, logged back to it (or to a child run)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import hydra
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from synthmed.callbacks.metrics import Evaluation, evaluate_generation, log_result, record
+from synthmed.config import CONF_DIR, instantiate, register_resolvers
+from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking.restore import restore
+
+
+def target_run(client: MlflowClient, run, child: bool) -> mt.RunRef:
+    """The trained run itself, or a new child of it (`mlflow.parentRunId`) named `<run name>-eval`."""
+    if not child:
+        return mt.RunRef(client, run.info.run_id)
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith("synthmed.") and ".fid." not in k}
+    tags |= {"mlflow.parentRunId": run.info.run_id, "synthmed.evaluates": run.info.run_id}
+    child_run = client.create_run(run.info.experiment_id, run_name=f"{run.info.run_name}-eval", tags=tags)
+    return mt.RunRef(client, child_run.info.run_id)
+
+
+def evaluate(cfg: DictConfig) -> Evaluation:
+    """Restore run `cfg.run`, sample `cfg.n_samples` with `cfg.seed`, score them and record metrics/eval.json."""
+    client = MlflowClient(mt.tracking_uri(cfg.tracking_uri, cfg.paths.root))
+    restored = restore(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
+    model = restored.model.to(cfg.device)
+    model.sample_batch_size = cfg.batch_size
+    # The real reference comes from the recorded data config (the phantoms regenerate; files must still exist).
+    datamodule = instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule")
+    suite = instantiate(cfg.metrics, "metrics")
+    evaluation = evaluate_generation(model, datamodule, suite, cfg.n_samples, cfg.seed, cfg.split, cfg.n_real)
+    out = target_run(client, restored.run, cfg.child_run)
+    # A child run is ours to close; the trained run keeps the status its training gave it.
+    with mt.run_status(client, out.run_id) if cfg.child_run else nullcontext():
+        log_result(out, evaluation, restored.step)
+        meta = {"seed": cfg.seed, "split": cfg.split, "checkpoint": cfg.checkpoint, "evaluated_run": cfg.run}
+        mt.log_json(client, out.run_id, record(evaluation, restored.step, **meta), "metrics/eval.json")
+    print(json.dumps({"run_id": out.run_id, "metrics": evaluation.result.values}, indent=2), flush=True)
+    return evaluation
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+register_resolvers()
+
+if __name__ == "__main__":
+    main()
