@@ -8,11 +8,12 @@ from pathlib import Path
 import hydra
 import torch
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from synthmed.config import CONF_DIR, register_resolvers
 from synthmed.data import export
+from synthmed.models.conditioning import requested
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking.confighash import short_hash
 from synthmed.tracking.restore import Restored, restore
@@ -52,15 +53,22 @@ def sample(cfg: DictConfig) -> list[Path]:
             "dataset": restored.dataset.get("name")}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    spec = OmegaConf.to_container(cfg.cond, resolve=True) if cfg.get("cond") else {}
+    cond = requested(spec.get("label"), spec.get("attrs"), cfg.n, cfg.seed)
     paths = []
     with tqdm(total=cfg.n, desc="sampling", unit="img") as bar:
         for start in range(0, cfg.n, cfg.batch_size):
             # Same seed + offset: chunk by chunk gives exactly the images one big call would (base.sample).
-            count = min(cfg.batch_size, cfg.n - start)
-            images = model.sample(count, generator=torch.Generator().manual_seed(cfg.seed), offset=start).cpu()
+            part = slice(start, min(start + cfg.batch_size, cfg.n))
+            sub = {k: v[part] for k, v in cond.items()} if cond else None
+            images = model.sample(part.stop - start, generator=torch.Generator().manual_seed(cfg.seed),
+                                  cond=sub, offset=start).cpu()
             for j, image in enumerate(images):
-                paths.append(write_one(image, out, start + j, cfg.format, restored, {**base, "sample_index": start + j}))
-            bar.update(count)
+                meta = {**base, "sample_index": start + j}
+                if sub:
+                    meta["cond"] = {k: v[j].item() for k, v in sub.items()}
+                paths.append(write_one(image, out, start + j, cfg.format, restored, meta))
+            bar.update(len(images))
     print(f"wrote {len(paths)} {cfg.format} samples of run {base['run_id']} "
           f"(config {short_hash(base['config_hash'])}) to {out}", flush=True)
     return paths

@@ -1,14 +1,16 @@
-"""DDPM: a denoising diffusion model in image space (2D or 3D through the network's `spatial_dims`)."""
+"""DDPM: a denoising diffusion model in image space (2D or 3D through the network's `spatial_dims`),
+unconditional or conditioned on class labels and covariates with classifier-free guidance."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from synthmed.metrics import names
 from synthmed.models.base import GenerativeModule, OptimizerFactory
+from synthmed.models.conditioning import Conditioning, guided
 from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
 
 
@@ -17,28 +19,53 @@ class DDPMModule(GenerativeModule):
     Pinaya et al. 2022 (https://arxiv.org/abs/2209.07162) but without the autoencoder.
 
     The network (MONAI `DiffusionModelUNet` in conf/model/ddpm.yaml) knows nothing about noise; `process`
-    (GaussianDiffusion for DDPM/DDIM, RectifiedFlow) owns timesteps, targets and the sampling loop.
+    (GaussianDiffusion for DDPM/DDIM, RectifiedFlow) owns timesteps, targets and the sampling loop. With
+    `cond`, labels/covariates reach the UNet's cross-attention as a context vector (synthmed/models/conditioning.py),
+    dropped with probability `cond_drop_prob` in training so that sampling can use classifier-free guidance.
 
     Args:
-        net: denoiser `net(x_t [B, C, *spatial], timesteps=[B]) -> [B, C, *spatial]`.
+        net: partial constructor of the denoiser `net(x_t [B, C, *spatial], timesteps=[B], context=[B, 1, D])`;
+            called here, with cross-attention switched on when the model is conditional.
         process: the noise process.
+        cond: None, `label`, `attrs` or `both`.
+        num_classes: label classes (cond=label|both).
+        attr_ranges: covariate -> [min, max] in its unit, mapped to [0, 1] (cond=attrs|both).
+        cond_drop_prob: probability of training a step's image unconditionally (classifier-free guidance).
+        guidance_scale: guidance weight at sampling; 1 = plain conditional, > 1 = stronger adherence.
         name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm: see GenerativeModule.
     """
 
     family = "diffusion"
 
-    def __init__(self, net: nn.Module, process: GaussianDiffusion | RectifiedFlow, name: str,
+    def __init__(self, net: Callable[..., nn.Module], process: GaussianDiffusion | RectifiedFlow, name: str,
                  image_shape: Sequence[int], optimizer: OptimizerFactory, ema_decay: float | None = 0.999,
-                 sample_batch_size: int = 16, grad_clip_norm: float | None = 1.0) -> None:
+                 sample_batch_size: int = 16, grad_clip_norm: float | None = 1.0, cond: str | None = None,
+                 num_classes: int = 2, attr_ranges: Mapping[str, Sequence[float]] | None = None,
+                 cond_drop_prob: float = 0.1, guidance_scale: float = 3.0) -> None:
         super().__init__(name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm)
+        if not 0.0 <= cond_drop_prob < 1.0:
+            raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
         # Objects (net, process, optimizer) are rebuilt from the recorded config; checkpoints keep plain values.
         self.save_hyperparameters(ignore=["net", "process", "optimizer"], logger=False)
-        self.net = net
+        self.conditioning = Conditioning(cond, num_classes, attr_ranges)
+        extra = {"with_conditioning": True, "cross_attention_dim": self.conditioning.dim} if cond else {}
+        self.net = net(**extra)
         self.process = process
-        self.init_ema(net)
+        self.cond_drop_prob = cond_drop_prob
+        self.guidance_scale = guidance_scale
+        self.init_ema(self.net)
+
+    def _context(self, batch: dict) -> dict:
+        """`{"context": [B, 1, D]}` for a conditional model, else no extra network input."""
+        if not self.conditioning.enabled:
+            return {}
+        return {"context": self.conditioning.encode(self.conditioning.from_batch(batch), self.device)}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss = self.process.loss(self.net, batch["image"])
+        kwargs = self._context(batch)
+        if kwargs:
+            kwargs["context"] = self.conditioning.drop(kwargs["context"], self.cond_drop_prob)
+        loss = self.process.loss(self.net, batch["image"], **kwargs)
         self.log(names.TRAIN_LOSS, loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
@@ -46,10 +73,23 @@ class DDPMModule(GenerativeModule):
         # A fixed generator per batch: the validation loss is comparable across evaluations and does not
         # consume the global RNG (so validating more often cannot change training).
         gen = torch.Generator().manual_seed(batch_idx)
-        loss = self.process.loss(self.sampling_net(), batch["image"], generator=gen)
+        loss = self.process.loss(self.sampling_net(), batch["image"], generator=gen, **self._context(batch))
         self.log(names.VAL_LOSS, loss, batch_size=batch["image"].shape[0], sync_dist=True)
         return loss
 
+    def denoiser(self, batch_size: int, cond: dict | None = None) -> Callable[..., Tensor]:
+        """The network `sample()` integrates: EMA weights, plus guidance toward `cond` when given.
+
+        A conditional model asked for no condition samples from its unconditional (null-context) branch.
+        """
+        net = self.sampling_net()
+        if not self.conditioning.enabled:
+            return net
+        null = self.conditioning.null(batch_size, self.device)
+        if cond is None:
+            return lambda x, timesteps: net(x, timesteps=timesteps, context=null)
+        return guided(net, self.conditioning.encode(cond, self.device), null, self.guidance_scale)
+
     def generate(self, noise: Tensor, cond: dict | None = None,
                  generators: list[torch.Generator] | None = None) -> Tensor:
-        return self.process.sample(self.sampling_net(), noise, generators)
+        return self.process.sample(self.denoiser(noise.shape[0], cond), noise, generators)
