@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = """usage: synthmed <command> [args]
@@ -17,8 +18,9 @@ Hydra commands accept any key=value override; `--cfg job` prints the composed co
 
 def _hydra_app(module: str):
     def run(argv: list[str]) -> int | None:
-        # Hydra reads sys.argv itself: present the subcommand's arguments as the program's own.
-        sys.argv = [f"synthmed {module}", *argv]
+        # Hydra reads sys.argv itself: present the subcommand's arguments as the program's own. argv[0] stays the
+        # real program, which Lightning's DDP launcher re-executes once per extra rank (see main()).
+        sys.argv = [sys.argv[0], *argv]
         app = __import__(f"synthmed.{module}", fromlist=["main"])
         app.main()
         return 0
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command not in COMMANDS and os.environ.get("LOCAL_RANK", "0") != "0":
+        # A DDP rank started by Lightning: it re-runs this program with the job's overrides but without the
+        # subcommand, and only training launches ranks.
+        command, rest = "train", argv
     if command not in COMMANDS:
         print(f"synthmed: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
         return 2

@@ -50,15 +50,19 @@ def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule) -> None:
     mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
 
 
-def record_final(run: mt.RunRef, trainer: pl.Trainer, evaluation, cfg: DictConfig) -> Path:
-    """Log the final metrics, write metrics/final.json and the final checkpoint (weights-only loadable)."""
+def record_final(run: mt.RunRef, trainer: pl.Trainer, evaluation, cfg: DictConfig) -> None:
+    """Log the final metrics, metrics/final.json and the final checkpoint (weights-only loadable).
+
+    Every rank calls this (saving a checkpoint is collective); only rank zero has an evaluation and logs.
+    """
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt"
+    trainer.save_checkpoint(ckpt)
+    if evaluation is None:
+        return
     log_result(run, evaluation, trainer.global_step)
     meta = {"seed": cfg.eval.seed, "split": cfg.eval.split}
     mt.log_json(run.client, run.run_id, record(evaluation, trainer.global_step, **meta), "metrics/final.json")
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt"
-    trainer.save_checkpoint(ckpt)
     run.client.log_artifact(run.run_id, str(ckpt), "checkpoints")
-    return ckpt
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -81,10 +85,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer = pl.Trainer(**cfg.trainer, **cfg.hardware, callbacks=build_callbacks(cfg.callbacks, suite),
                              logger=logger, default_root_dir=cfg.paths.output_dir)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
-        final_suite = instantiate(cfg.metrics, "metrics", metrics=list(cfg.eval.metrics))
-        evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
-                                         cfg.eval.split, cfg.eval.n_real)
+        evaluation = None
+        if trainer.is_global_zero:  # one rank scores the samples: each counted once, as on one device
+            final_suite = instantiate(cfg.metrics, "metrics", metrics=list(cfg.eval.metrics))
+            evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
+                                             cfg.eval.split, cfg.eval.n_real)
         record_final(run, trainer, evaluation, cfg)
+    if evaluation is None:
+        return {}
     print_summary(run, full_hash, evaluation.result.values)
     return evaluation.result.values
 
