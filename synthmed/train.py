@@ -71,6 +71,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
     model = instantiate(cfg.model, "model")
+    if cfg.get("compile"):
+        log.info("torch.compile: %s", model.compile_networks())
     suite = instantiate(cfg.metrics, "metrics")
     full_hash = config_hash(cfg)
     resume = find_resume(mt.tracking_client(cfg), str(cfg.resume), full_hash) if cfg.get("resume") else None
