@@ -36,4 +36,4 @@ ui: venv  ## MLflow UI on http://127.0.0.1:$(PORT) over the local store
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(ROOT)/mlflow.db
 
 clean:  ## remove run outputs (keeps .venv)
-	rm -rf outputs multirun checkpoints .cache mlartifacts mlruns mlflow.db .pytest_cache
+	rm -rf outputs multirun checkpoints reports .cache mlartifacts mlruns mlflow.db .pytest_cache

@@ -12,6 +12,8 @@ commands:
   sample     write marked synthetic images: synthmed sample run=<run id | config hash> n=100 out=DIR format=png|nifti|dicom
   evaluate   full metric suite on a trained run: synthmed evaluate run=<run id | config hash> n_samples=256
   fid        FID between two folders or .npz stats: synthmed fid DIR_A DIR_B [--dims 2048]
+  compare    report runs side by side: synthmed compare experiment=<name> [runs=<id|hash>,...] [out=DIR]
+  reproduce  re-run a recorded config, check its metrics: synthmed reproduce <config hash> [--tolerance 1e-6]
 
 Hydra commands accept any key=value override; `--cfg job` prints the composed config, `--help` lists groups."""
 
@@ -34,8 +36,15 @@ def _fid(argv: list[str]) -> int | None:
     return fid_main(argv)
 
 
+def _plain(module: str):
+    def run(argv: list[str]) -> int | None:
+        return __import__(f"synthmed.{module}", fromlist=["main"]).main(argv)
+
+    return run
+
+
 COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
-            "fid": _fid}
+            "fid": _fid, "compare": _plain("compare"), "reproduce": _plain("reproduce")}
 
 
 def main(argv: list[str] | None = None) -> int:

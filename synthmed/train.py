@@ -112,7 +112,12 @@ def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float]) -> N
 def main(cfg: DictConfig) -> float | None:
     values = train(cfg)
     monitor = cfg.get("optimized_metric")
-    return values.get(monitor) if monitor else None
+    if not monitor or not values:  # no search, or a DDP rank other than zero
+        return None
+    if monitor not in values:
+        raise KeyError(f"optimized_metric '{monitor}' was not computed (got {sorted(values)}); see the run's "
+                       "synthmed.*.skipped tags, e.g. FID needs the Inception weights file")
+    return values[monitor]
 
 
 register_resolvers()

@@ -28,6 +28,7 @@ from synthmed.tracking.confighash import short_hash
 from synthmed.tracking.runinfo import artifact_text, final_metrics, recorded_config
 
 RUNS_FILE = "runs.json"
+TAG_REPRODUCES = "synthmed.reproduces"  # on a reproduction: the run id (or study entry) it reproduces
 
 
 @dataclass
@@ -44,8 +45,17 @@ class Record:
 
 
 def from_mlflow(client: MlflowClient, ref: str) -> Record:
-    """The run `ref` (id or hash prefix) as a Record; its metrics include the last `train/` values."""
+    """The run `ref` (id or hash prefix) as a Record; its metrics include the last `train/` values.
+
+    A hash that finds a reproduction (the newest FINISHED run of that hash) leads to the run it reproduces.
+    """
     run = mt.find_run(client, ref)
+    original = run.data.tags.get(TAG_REPRODUCES)
+    if run.info.run_id != ref and original:
+        try:
+            run = client.get_run(original)
+        except Exception:  # MlflowException: the original lives in another store (or in a pinned study)
+            pass
     run_id = run.info.run_id
     cfg = recorded_config(client, run_id)
     if cfg is None:

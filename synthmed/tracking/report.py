@@ -91,8 +91,9 @@ def summary(report: Report) -> str:
     n_runs = sum(len(g.entries) for g in report.groups)
     return (f"{n_runs} runs in {len(report.groups)} configurations of MLflow experiment `{report.experiment}` "
             f"({report.tracking_uri}), {time.strftime('%Y-%m-%d %H:%M')}. One row per configuration: runs whose "
-            "recorded configs differ only in `seed` (and settings that interpolate it); values are the final metrics (`metrics/final.json`) as mean ± "
-            "sample std over the row's `n` runs. ↓ lower is better, ↑ higher is better; the best mean is in bold.")
+            "recorded configs differ only in `seed` (and settings that interpolate it); values are the final "
+            "metrics (`metrics/final.json`) as mean ± sample std over the row's `n` runs. ↓ lower is better, "
+            "↑ higher is better; the best mean is in bold.")
 
 
 def main_table(report: Report) -> str:
