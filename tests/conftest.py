@@ -50,3 +50,23 @@ def compose_train(root: Path, overrides: list[str] = (), config_name: str = "tra
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=[
             f"paths.root={root}", f"paths.output_dir={root}/outputs/job", *overrides])
+
+
+@pytest.fixture(scope="session")
+def weights_home(tmp_path_factory):
+    """A TORCH_HOME holding a random FID Inception weights file under pytorch-fid's name (never the real one:
+    tests are offline, and both synthmed and pytorch-fid then use identical weights)."""
+    from synthmed.metrics import inception
+
+    home = tmp_path_factory.getbasetemp() / "torch_home"
+    path = home / "hub" / "checkpoints" / inception.WEIGHTS_FILE
+    if not path.exists():
+        inception.make_random_fid_weights(path, seed=0)
+    return home
+
+
+@pytest.fixture()
+def torch_home(weights_home, monkeypatch):
+    """Point TORCH_HOME at `weights_home` for one test."""
+    monkeypatch.setenv("TORCH_HOME", str(weights_home))
+    return weights_home

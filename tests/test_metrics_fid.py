@@ -25,22 +25,6 @@ N_IMAGES = 12  # per folder: enough for a non-trivial covariance, cheap at ~0.1 
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="session")
-def weights_home(tmp_path_factory):
-    """A TORCH_HOME holding a random FID Inception weights file under pytorch-fid's name."""
-    home = tmp_path_factory.getbasetemp() / "torch_home"
-    path = home / "hub" / "checkpoints" / inception.WEIGHTS_FILE
-    if not path.exists():  # shared with the other metric test modules through the session base temp
-        inception.make_random_fid_weights(path, seed=0)
-    return home
-
-
-@pytest.fixture()
-def torch_home(weights_home, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(weights_home))
-    return weights_home
-
-
 def _write_pngs(folder, n, mean, seed):
     folder.mkdir()
     rng = np.random.default_rng(seed)

@@ -20,21 +20,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Matrix is singular")
 DIMS = 64  # the first Inception block: same weights file and code path, ~4x cheaper than pool3 on CPU
 
 
-@pytest.fixture(scope="session")
-def weights_home(tmp_path_factory):
-    home = tmp_path_factory.getbasetemp() / "torch_home"
-    path = home / "hub" / "checkpoints" / inception.WEIGHTS_FILE
-    if not path.exists():  # shared with test_metrics_fid.py through the session base temp
-        inception.make_random_fid_weights(path, seed=0)
-    return home
-
-
-@pytest.fixture()
-def torch_home(weights_home, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(weights_home))
-    return weights_home
-
-
 def _images(n, seed, shape=(32, 32), brightness=0.0):
     g = torch.Generator().manual_seed(seed)
     low = torch.randn(n, 1, *(s // 4 for s in shape), generator=g)
