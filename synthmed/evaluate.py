@@ -34,6 +34,8 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     model.sample_batch_size = cfg.batch_size
     # The real reference comes from the recorded data config (the phantoms regenerate; files must still exist).
     datamodule = instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule")
+    if hasattr(model, "attach_sources"):  # translators translate the reference split's source images
+        model.attach_sources(datamodule)
     suite = instantiate(cfg.metrics, "metrics")
     evaluation = evaluate_generation(model, datamodule, suite, cfg.n_samples, cfg.seed, cfg.split, cfg.n_real)
     out = target_run(client, restored.run, cfg.child_run)

@@ -39,6 +39,7 @@ def dataset_record(cfg: DictConfig, datamodule) -> dict:
     """
     train_set = datamodule.split("train")
     return {"name": cfg.dataset.name, "fingerprint": datamodule.fingerprint, "intensity": datamodule.intensity,
+            "target_intensity": getattr(train_set, "target_intensity", None),
             "geometry": getattr(train_set, "geometry", None), "spatial_dims": cfg.dataset.spatial_dims}
 
 

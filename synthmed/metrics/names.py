@@ -9,6 +9,7 @@ TRAIN_LOSS_G = "train/loss_g"
 TRAIN_LOSS_D = "train/loss_d"
 TRAIN_LOSS_RECON = "train/loss_recon"
 TRAIN_LOSS_KL = "train/loss_kl"
+LATENT_SCALE = "train/latent_scale"  # LDM: 1/std of the autoencoder latents, estimated at fit start
 
 VAL_LOSS = "val/loss"
 FID = "val/fid"
@@ -30,7 +31,31 @@ MAE = "val/mae"
 FD_DOMAIN = "val/fd_domain"
 MEMORIZATION_RATE = "val/memorization_rate"
 MEMORIZATION_RATE_FEATURE = "val/memorization_rate_feature"
-COND_ACCURACY = "val/cond_accuracy"
+COND_ACCURACY = "val/cond_accuracy"  # share of samples whose label the conditioning classifier reads as requested
+COND_BALANCED_ACCURACY = "val/cond_balanced_accuracy"  # mean over the requested classes of their accuracy
+COND_SEX_ACCURACY = "val/cond_sex_accuracy"
+COND_AGE_MAE = "val/cond_age_mae"  # years between the requested age and the regressor's estimate
+# Translation (metrics/translation.py): vs the real target in its native unit (HU for CT), inside the body mask.
+MAE_HU = "val/mae_hu"
+PSNR_HU = "val/psnr_hu"
+SSIM_HU = "val/ssim_hu"
+MAE_HU_IDENTITY = "val/mae_hu_identity"  # the identity mapping (source read as target), the baseline to beat
+
+
+def per_class(key: str, cls: int) -> str:
+    """``val/cond_accuracy`` -> ``val/cond_accuracy_class1``: the metric over samples requested as class ``cls``."""
+    return f"{key}_class{int(cls)}"
+
+
+def per_bin(key: str, low: float, high: float) -> str:
+    """``val/cond_age_mae`` -> ``val/cond_age_mae_bin70_90``: the metric over requests in ``[low, high)``."""
+    return f"{key}_bin{low:g}_{high:g}"
+
+
+def on_real(key: str) -> str:
+    """``val/cond_accuracy`` -> ``val/cond_accuracy_real``: the same metric on real held-out images with their true
+    conditions, the ceiling that a generator's value is read against."""
+    return f"{key}_real"
 
 
 def all_names() -> dict[str, str]:

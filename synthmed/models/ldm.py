@@ -1,0 +1,123 @@
+"""LDM: diffusion in the latent space of a trained, frozen `vae` (2D or 3D)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from synthmed.metrics import names
+from synthmed.models.base import GenerativeModule, OptimizerFactory
+from synthmed.models.first_stage import load_autoencoder
+from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
+from synthmed.tracking.mlflow_utils import mlflow_run
+
+
+class LDMModule(GenerativeModule):
+    """Latent diffusion (Rombach et al. 2022, https://arxiv.org/abs/2112.10752) for medical images as in
+    Pinaya et al. 2022 (https://arxiv.org/abs/2209.07162): a denoiser (MONAI `DiffusionModelUNet`) trained with
+    the same noise processes as `ddpm` (synthmed/models/noise.py) on the latents of a frozen `vae`.
+
+    Latents are multiplied by `latent_scale` = 1 / std of the training latents (Rombach et al., Sec. 4.3.2),
+    estimated over `scale_batches` training batches when fitting starts; it is a buffer, so checkpoints keep it,
+    and it is logged as `train/latent_scale`. The autoencoder's weights are part of this module's state dict
+    (frozen), so an LDM checkpoint samples on its own.
+
+    Args:
+        net: denoiser `net(z_t [B, c, *latent], timesteps=[B]) -> [B, c, *latent]` with c = the VAE's latent channels.
+        process: the noise process (DDPM/DDIM or rectified flow).
+        autoencoder: the trained VAE: a checkpoint path, an MLflow run id or config hash, or `None` for the vae
+            job of the same Hydra multirun (see synthmed/models/first_stage.py).
+        paths_root: `paths.root`: where the MLflow store of run-id/hash references lives.
+        job_dir: this job's output folder (`paths.output_dir`): finds the multirun's vae job for `None`.
+        scale_batches: training batches whose latents estimate `latent_scale`.
+        clip_sample: whether Gaussian samplers clip predicted x0 to [-1, 1]; conf/model/process/*.yaml read it
+            from here. False: latents, unlike images, are not bounded.
+        name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm: see GenerativeModule.
+    """
+
+    family = "diffusion"
+
+    def __init__(self, net: nn.Module, process: GaussianDiffusion | RectifiedFlow, name: str,
+                 image_shape: Sequence[int], optimizer: OptimizerFactory, autoencoder: str | None = None,
+                 paths_root: str = ".", job_dir: str | None = None, scale_batches: int = 4,
+                 clip_sample: bool = False, ema_decay: float | None = 0.999, sample_batch_size: int = 16,
+                 grad_clip_norm: float | None = 1.0) -> None:
+        super().__init__(name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm)
+        self.save_hyperparameters(ignore=["net", "process", "optimizer"], logger=False)
+        if scale_batches < 1:
+            raise ValueError(f"scale_batches must be >= 1, got {scale_batches}")
+        vae, self.extra_tags = load_autoencoder(autoencoder, paths_root, job_dir)
+        if tuple(vae.image_shape) != self.image_shape:
+            raise ValueError(f"autoencoder: trained on image_shape {list(vae.image_shape)}, this model generates "
+                             f"{list(self.image_shape)}")
+        latent_channels = vae.latent_shape[0]
+        if (getattr(net, "in_channels", latent_channels), getattr(net, "out_channels", latent_channels)) != (
+                latent_channels, latent_channels):
+            raise ValueError(f"net.in_channels and net.out_channels must equal the autoencoder's latent channels "
+                             f"({latent_channels}), got {net.in_channels}, {net.out_channels}")
+        self.vae = vae.requires_grad_(False).eval()
+        self.net, self.process = net, process
+        self.register_buffer("latent_scale", torch.tensor(1.0))
+        self.register_buffer("latent_scale_estimated", torch.tensor(False))
+        self.init_ema(net)
+
+    def noise_shape(self) -> tuple[int, ...]:
+        """sample()'s per-sample noise is a latent `[c, *latent]`."""
+        return self.vae.latent_shape
+
+    def train(self, mode: bool = True) -> LDMModule:
+        super().train(mode)
+        self.vae.eval()  # frozen first stage: always in inference mode
+        return self
+
+    # ---- first-stage link: tags and the latent scale -----------------------------------------------------------
+    def on_fit_start(self) -> None:
+        run = mlflow_run(self.trainer)
+        if run is not None and self.trainer.is_global_zero:
+            for key, value in self.extra_tags.items():
+                run.client.set_tag(run.run_id, key, value)
+
+    def on_train_start(self) -> None:
+        if not bool(self.latent_scale_estimated):  # a resumed or loaded model keeps its recorded scale
+            self.latent_scale.fill_(self.estimate_latent_scale(self.trainer.train_dataloader))
+            self.latent_scale_estimated.fill_(True)
+        for logger in self.loggers:
+            logger.log_metrics({names.LATENT_SCALE: float(self.latent_scale)}, step=self.global_step)
+
+    @torch.no_grad()
+    def estimate_latent_scale(self, loader, n_batches: int | None = None) -> float:
+        """1 / std of the latents of the first `n_batches` (default `scale_batches`) batches, over all ranks."""
+        stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # sum, sum of squares, count
+        for i, batch in enumerate(loader):
+            if i >= (n_batches or self.hparams.scale_batches):
+                break
+            z = self.vae.encode(batch["image"].to(self.device)).double()
+            stats += torch.stack([z.sum(), z.pow(2).sum(), z.new_tensor(z.numel())])
+        if self._trainer is not None:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        mean = stats[0] / stats[2]
+        return float(1.0 / (stats[1] / stats[2] - mean**2).clamp_min(1e-12).sqrt())
+
+    def latents(self, x: Tensor) -> Tensor:
+        """Images `[B, C, *spatial]` -> scaled latents `[B, c, *latent]` (posterior means, unit variance overall)."""
+        with torch.no_grad():
+            return self.vae.encode(x) * self.latent_scale
+
+    # ---- training and sampling -----------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self.process.loss(self.net, self.latents(batch["image"]))
+        self.log(names.TRAIN_LOSS, loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        gen = torch.Generator().manual_seed(batch_idx)  # fixed noise: comparable across evaluations (as ddpm)
+        loss = self.process.loss(self.sampling_net(), self.latents(batch["image"]), generator=gen)
+        self.log(names.VAL_LOSS, loss, batch_size=batch["image"].shape[0], sync_dist=True)
+        return loss
+
+    def generate(self, noise: Tensor, cond: dict | None = None,
+                 generators: list[torch.Generator] | None = None) -> Tensor:
+        z = self.process.sample(self.sampling_net(), noise, generators)
+        return self.vae.decode(z / self.latent_scale)

@@ -1,0 +1,170 @@
+"""`synthmed translate run=<run id | config hash> in=DIR out=DIR`: apply a trained translator to a folder of NIfTI or
+PNG images and write marked synthetic outputs (DESIGN.md, transparency) with provenance sidecars.
+
+Inputs are preprocessed like the run's training sources, from its records only: the source intensity mapping of
+`data/dataset.json` (CT window, MR percentiles per image, linear), the recorded config's spacing, slice axis and
+volume index, crop/pad to the model's size. A 2D model translates a volume slice by slice. Outputs are in the target's
+native units (HU for CT) and take nothing from an input but its pixels; the sidecar names the input file (name only).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+from monai.data import NibabelReader
+from monai.transforms import Compose, ResizeWithPadOrCrop, ScaleIntensityRangePercentiles
+from omegaconf import DictConfig
+from PIL import Image
+
+from synthmed.config import CONF_DIR, instantiate, register_resolvers
+from synthmed.data import export
+from synthmed.data.file_dataset import LoadSource
+from synthmed.data.splits import find_files
+from synthmed.data.transforms import volume_pipeline
+from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking.confighash import short_hash
+from synthmed.tracking.restore import Restored, restore
+
+log = logging.getLogger(__name__)
+NIFTI, PNG = (".nii", ".nii.gz"), (".png",)
+FORMATS = ("auto", "png", "nifti")
+GEOMETRIES = ("dataset", "input")
+
+
+def intensity_config(record: dict) -> dict:
+    """A recorded `intensity` -> the volume chain's `{"mode", "window", "percentiles"}` (linear = a window)."""
+    if not record:
+        raise ValueError("the run records no source intensity mapping (data/dataset.json 'intensity')")
+    if record["kind"] == "percentile":
+        return {"mode": "mr", "window": [-1000.0, 1000.0], "percentiles": [record["lower"], record["upper"]]}
+    return {"mode": "ct", "window": [record["native_min"], record["native_max"]], "percentiles": [0.5, 99.5]}
+
+
+def load_png(path: Path, intensity: dict, spatial: tuple[int, ...]) -> torch.Tensor:
+    """A grayscale PNG -> `[1, H, W]` in [-1, 1] at the model's size (pad value -1).
+
+    Pixel v of a b-bit PNG is the fraction v / (2^b - 1) of the native range (as `export.write_png` writes it);
+    MR-like (percentile) runs rescale each image by its own percentiles, as in training.
+    """
+    img = np.asarray(Image.open(path))
+    if img.ndim != 2:
+        raise ValueError(f"{path.name}: expected a grayscale PNG, got shape {img.shape}")
+    levels = 65535.0 if img.dtype == np.uint16 or img.max() > 255 else 255.0
+    x = torch.from_numpy(img.astype(np.float32))[None]
+    if intensity["kind"] == "percentile":
+        x = ScaleIntensityRangePercentiles(intensity["lower"], intensity["upper"], -1.0, 1.0, clip=True)(x)
+    else:
+        x = x / levels * 2.0 - 1.0
+    return torch.as_tensor(ResizeWithPadOrCrop(spatial, value=-1.0)(x)).float()
+
+
+def load_nifti(path: Path, restored: Restored, slice_axis: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A NIfTI volume through the training chain -> (`[1, *spatial]` in [-1, 1], its 4x4 RAS affine)."""
+    data = restored.cfg.dataset.datamodule.dataset
+    spatial = list(restored.model.image_shape[1:])
+    if restored.model.spatial_dims == 2:
+        spatial.insert(slice_axis, -1)  # the slice axis keeps its extent
+    chain = volume_pipeline(LoadSource(NibabelReader()), data.get("spacing"), spatial,
+                            intensity_config(restored.dataset["intensity"]), data.get("volume_index"))
+    x = Compose(chain)({"source": str(path)})
+    return x.as_tensor().float(), np.asarray(x.affine, dtype=np.float64)
+
+
+def translate_image(model, source: torch.Tensor, seed: int, batch_size: int, slice_axis: int) -> torch.Tensor:
+    """Translate one source `[C, *spatial]`; a 2D model gets a volume `[C, X, Y, Z]` slice by slice and returns
+    `[C, a, b, n]` (in-plane axes, then the slice axis). Noise comes from `seed` alone, so reruns agree."""
+    gen = lambda: torch.Generator().manual_seed(seed)
+    if source.ndim - 1 == model.spatial_dims:
+        return model.sample(1, generator=gen(), cond={"source": source[None].to(model.device)})[0].cpu()
+    slices = source.movedim(1 + slice_axis, -1).permute(3, 0, 1, 2)  # [n, C, a, b]
+    out = [model.sample(len(part), generator=gen(), cond={"source": part.to(model.device)}, offset=start).cpu()
+           for start in range(0, len(slices), batch_size) for part in [slices[start:start + batch_size]]]
+    return torch.cat(out).permute(1, 2, 3, 0)
+
+
+def target_intensity(restored: Restored) -> dict:
+    """The target's mapping from data/dataset.json; runs that lack it get it from their rebuilt data set."""
+    record = restored.dataset.get("target_intensity")
+    if record:
+        return record
+    log.warning("data/dataset.json of this run has no target_intensity: rebuilding the data set to read it")
+    return instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule").target_intensity
+
+
+def translate(cfg: DictConfig) -> list[Path]:
+    """Translate every NIfTI/PNG file under `cfg.in` (sorted; input index = position) into `cfg.out`."""
+    if cfg.format not in FORMATS or cfg.geometry not in GEOMETRIES:
+        raise ValueError(f"format must be one of {FORMATS} and geometry one of {GEOMETRIES}, got "
+                         f"'{cfg.format}', '{cfg.geometry}'")
+    client = MlflowClient(mt.tracking_uri(cfg.tracking_uri, cfg.paths.root))
+    restored = restore(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
+    model = restored.model.to(cfg.device)
+    if not getattr(model, "requires_source", False):
+        raise ValueError(f"run {cfg.run} is a '{restored.cfg.model.name}' model, not a translator (pix2pix, cond_ddpm)")
+    model.sample_batch_size = cfg.batch_size
+    restored.dataset["target_intensity"] = target_intensity(restored)
+    tags = restored.run.data.tags
+    base = {"run_id": restored.run.info.run_id, "config_hash": tags.get(mt.TAG_HASH, ""), "seed": cfg.seed,
+            "model_family": tags.get(mt.TAG_FAMILY, model.family), "model": restored.cfg.model.name,
+            "dataset": restored.dataset.get("name"), "task": "translation"}
+    inputs = [Path(p) for p in find_files(Path(cfg["in"]), NIFTI + PNG)]
+    out, written = Path(cfg.out), []
+    out.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(inputs):
+        meta = {**base, "sample_index": index, "input_name": path.name}
+        written.append(translate_file(path, out / f"translation_{index:06d}", model, restored, cfg, meta))
+    print(f"wrote {len(written)} translations of run {base['run_id']} (config {short_hash(base['config_hash'])}) "
+          f"to {out}", flush=True)
+    return written
+
+
+def translate_file(path: Path, stem: Path, model, restored: Restored, cfg: DictConfig, meta: dict) -> Path:
+    """Preprocess, translate and write one input; returns the written image."""
+    slice_axis = int(restored.cfg.dataset.datamodule.dataset.get("slice_axis", 2))
+    is_png = path.name.lower().endswith(PNG)
+    if is_png and model.spatial_dims != 2:
+        raise ValueError(f"{path.name}: PNG inputs need a 2D model; this run translates volumes")
+    fmt = cfg.format if cfg.format != "auto" else "png" if is_png else "nifti"
+    if is_png:
+        source, affine = load_png(path, restored.dataset["intensity"], model.image_shape[1:]), None
+    else:
+        source, affine = load_nifti(path, restored, slice_axis)
+    seed = int(np.random.SeedSequence([int(cfg.seed), meta["sample_index"]]).generate_state(1)[0])
+    image = translate_image(model, source, seed, cfg.batch_size, slice_axis)
+    intensity = restored.dataset["target_intensity"]
+    if fmt == "png":
+        if image.ndim != 3:
+            raise ValueError(f"{path.name}: a volume cannot be written as PNG; use format=nifti")
+        written = export.write_png(image, stem.with_suffix(".png"), intensity, meta)
+    else:
+        written = export.write_nifti(image, stem.with_suffix(".nii.gz"), intensity,
+                                     output_geometry(restored, cfg.geometry, affine, slice_axis), meta)
+    export.write_sidecar(export.sidecar_path(written), meta)
+    return written
+
+
+def output_geometry(restored: Restored, which: str, affine: np.ndarray | None, slice_axis: int) -> dict | None:
+    """`dataset`: the run's recorded reference geometry (as `synthmed sample`); `input`: the preprocessed input's
+    RAS affine (numbers only, so the translation overlays its source), columns in the output's axis order."""
+    if which == "dataset" or affine is None:
+        return restored.dataset.get("geometry")
+    if restored.model.spatial_dims == 2:
+        order = [a for a in range(3) if a != slice_axis] + [slice_axis]
+        affine = affine[:, [*order, 3]]
+    return {"affine": affine.tolist()}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="translate")
+def main(cfg: DictConfig) -> None:
+    translate(cfg)
+
+
+register_resolvers()
+
+if __name__ == "__main__":
+    main()
