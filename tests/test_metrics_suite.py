@@ -129,3 +129,12 @@ def test_reference_features_are_cached_on_disk_and_in_memory(torch_home, tmp_pat
     make()(fake, _images(8, 5), ref_key="phantom2d/val")  # same key, different content: recomputed, not reused
     assert calls[-1] == 8 and len(list(tmp_path.glob("*.npz"))) == 2
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_memorization_with_one_heldout_image_is_skipped_not_fatal():
+    gen = torch.Generator().manual_seed(0)
+    suite = MetricSuite(metrics=("ms_ssim_diversity", "memorization"))
+    x = torch.rand(4, 1, 16, 16, generator=gen) * 2 - 1
+    result = suite(x, x[:1], train=x)
+    assert "needs >= 2 held-out" in result.tags["memorization.skipped"]
+    assert names.MS_SSIM_DIVERSITY in result.values and names.MEMORIZATION_RATE not in result.values

@@ -190,6 +190,9 @@ class MetricSuite:
     def _memorization(self, fake, real, train, feats, result: SuiteResult) -> None:
         """Pixel space always (the headline rate); feature space too when Inception is available."""
         q = self.memorization_quantile
+        if len(real) < 2:  # a tiny held-out split cannot calibrate the threshold: skip this metric, not the run
+            result.tags["memorization.skipped"] = f"needs >= 2 held-out real images to calibrate, got {len(real)}"
+            return
         pix = memorization(fake, train, real, quantile=q)
         result.values[names.MEMORIZATION_RATE] = pix.rate
         result.artifacts["memorization"] = pix
