@@ -188,9 +188,9 @@ def test_evaluate_command_scores_a_run_with_the_full_suite(smoke_run, child):
 
     cfg, _, client, run, root = smoke_run
     ev = evaluate(compose_train(root, [f"run={run.info.run_id}", "n_samples=12", f"child_run={child}",
-                                       "metrics.kid_subset_size=4"], config_name="evaluate"))
+                                       "metrics.kid_subset_size=4", "metrics.domain_steps=20"], config_name="evaluate"))
     values = ev.result.values
-    assert {names.MS_SSIM_DIVERSITY, names.MEMORIZATION_RATE} <= set(values)
+    assert {names.MS_SSIM_DIVERSITY, names.MEMORIZATION_RATE, names.FD_DOMAIN} <= set(values)
     assert names.FID not in values and "fid.skipped" in ev.result.tags  # no Inception weights in tests
     assert len(ev.fake) == 12
     runs = client.search_runs([run.info.experiment_id])

@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
+from synthmed.metrics.conditioning import balanced_requests, covariates
 from synthmed.tracking.mlflow_utils import RunRef, mlflow_run
 from synthmed.viz import image_grid, save_png
 
@@ -32,13 +33,26 @@ class Evaluation:
 
 def evaluate_generation(model, datamodule, suite, n_samples: int, seed: int, split: str = "val",
                         n_real: int | None = None) -> Evaluation:
-    """Sample `n_samples` images with `seed` and score them against the first `n_real` images of `split`."""
-    fake = model.sample(n_samples, generator=torch.Generator().manual_seed(seed)).cpu()
+    """Sample `n_samples` images with `seed` and score them against the first `n_real` images of `split`.
+
+    A conditional model is asked for every class equally often (and covariates drawn like the training set's),
+    so the conditioning metrics read each request once.
+    """
+    needs_cond = getattr(suite, "needs_cond", False)
     real = datamodule.images(split, n_real)
-    needs_train = "memorization" in getattr(suite, "metrics", ())
-    train = datamodule.images("train") if needs_train else None
+    train_cond = covariates(datamodule.split("train")) if needs_cond else None
+    real_cond = covariates(datamodule.split(split), len(real)) if needs_cond else None
+    conditioning = getattr(model, "conditioning", None)
+    cond = None
+    if needs_cond and train_cond and conditioning is not None and conditioning.enabled:
+        request = balanced_requests(train_cond, n_samples, seed)
+        cond = {k: request[k] for k in conditioning.keys}
+    fake = model.sample(n_samples, generator=torch.Generator().manual_seed(seed), cond=cond).cpu()
+    train = datamodule.images("train") if getattr(suite, "needs_train", False) else None
     ref_key = f"{datamodule.fingerprint}-{split}-{len(real)}"
-    return Evaluation(suite(fake, real, train=train, ref_key=ref_key), fake, train)
+    result = suite(fake, real, train=train, ref_key=ref_key, cond=cond, train_cond=train_cond,
+                   real_cond=real_cond, fingerprint=datamodule.fingerprint)
+    return Evaluation(result, fake, train)
 
 
 def record(evaluation: Evaluation, step: int, **meta) -> dict:

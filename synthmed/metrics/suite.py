@@ -3,6 +3,7 @@
 ``MetricSuite(...)(fake, real, train=...)`` returns values under the keys of ``names.py`` and provenance tags.
 Inception-feature metrics are skipped, not fatal, when the weights file is absent (offline machines): a warning
 names the file and folder expected, ``tags["fid.skipped"]`` holds the reason, and the other metrics still run.
+``fd_domain`` and ``cond_accuracy`` read encoders trained once on the training split (synthmed/metrics/domain.py).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from synthmed.metrics import domain as D
 from synthmed.metrics import fid as F
 from synthmed.metrics import names
 from synthmed.metrics.cache import ReferenceCache, tensor_digest
+from synthmed.metrics.conditioning import cond_metrics
 from synthmed.metrics.diversity import ms_ssim_diversity
 from synthmed.metrics.features import density_coverage, kid, precision_recall
 from synthmed.metrics.inception import VALID_DIMS, InceptionExtractor
@@ -25,8 +28,10 @@ from synthmed.metrics.memorization import memorization
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fid", "kid", "precision_recall", "density_coverage", "ms_ssim_diversity", "memorization")
+METRICS = ("fid", "kid", "precision_recall", "density_coverage", "ms_ssim_diversity", "memorization", "fd_domain",
+           "cond_accuracy")
 FEATURE_METRICS = ("fid", "kid", "precision_recall", "density_coverage")  # need the Inception weights
+TRAIN_METRICS = ("memorization", "fd_domain", "cond_accuracy")  # need train=<training images>
 
 
 @dataclass
@@ -62,13 +67,21 @@ class MetricSuite:
         diversity_pairs: random pairs for MS-SSIM diversity.
         max_slices: 3D only, slices per volume and plane fed to Inception (None: all).
         progress: tqdm bars during feature extraction.
+        domain_channels: channels per stage of the in-domain encoders (fd_domain dims: twice their sum).
+        domain_steps: optimizer steps of each in-domain encoder (trained once per training set, then cached).
+        domain_batch_size: images per encoder training step.
+        domain_lr: encoder learning rate.
+        domain_seed: encoder initialization and batch draws.
+        cond_age_bins: edges (years) of the per-bin ``val/cond_age_mae``.
     """
 
     def __init__(self, metrics: Sequence[str] = ("fid", "ms_ssim_diversity"), fid_weights: str | None = None,
                  fid_dims: int = 2048, min_samples: int = 2, batch_size: int = 50, device: str = "cpu",
                  cache_dir: str | None = None, kid_subset_size: int = 100, pr_k: int = 3, bootstrap: int = 0,
                  seed: int = 0, dc_k: int = 5, memorization_quantile: float = 0.05, diversity_pairs: int = 100,
-                 max_slices: int | None = None, progress: bool = False):
+                 max_slices: int | None = None, progress: bool = False, domain_channels: Sequence[int] = (8, 16, 32),
+                 domain_steps: int = 400, domain_batch_size: int = 32, domain_lr: float = 5e-3, domain_seed: int = 0,
+                 cond_age_bins: Sequence[float] = (20, 45, 70, 90)):
         unknown = sorted(set(metrics) - set(METRICS))
         if unknown:
             raise ValueError(f"metrics: unknown {unknown}; valid names are {list(METRICS)}")
@@ -80,6 +93,9 @@ class MetricSuite:
         _require(bootstrap == 0 or bootstrap >= 2, f"bootstrap must be 0 or >= 2, got {bootstrap}")
         _require(0 < memorization_quantile < 1, f"memorization_quantile must be in (0, 1), got {memorization_quantile}")
         _require(max_slices is None or max_slices >= 1, f"max_slices must be None or >= 1, got {max_slices}")
+        bins = [float(b) for b in cond_age_bins]
+        _require(len(bins) >= 2 and all(a < b for a, b in zip(bins, bins[1:])),
+                 f"cond_age_bins must be >= 2 increasing edges, got {bins}")
         self.metrics = tuple(dict.fromkeys(metrics))
         self.fid_weights, self.fid_dims, self.min_samples = fid_weights, fid_dims, min_samples
         self.batch_size, self.device, self.progress = batch_size, device, progress
@@ -91,20 +107,40 @@ class MetricSuite:
         self._extractor: InceptionExtractor | None = None
         self._memory: dict[str, F.FeatureSet] = {}  # reference features of this process, by cache key
         self._warned = False
+        settings = D.EncoderSettings(tuple(domain_channels), domain_steps, domain_batch_size, domain_lr, domain_seed)
+        self.encoders = D.EncoderBank(settings, cache_dir, device)
+        self.cond_age_bins = tuple(bins)
+
+    @property
+    def needs_train(self) -> bool:
+        """Whether ``__call__`` needs ``train=`` (the training images): callers load them only then."""
+        return any(m in TRAIN_METRICS for m in self.metrics)
+
+    @property
+    def needs_cond(self) -> bool:
+        """Whether ``__call__`` reads ``train_cond`` (and, for cond_accuracy, ``cond`` and ``real_cond``)."""
+        return "fd_domain" in self.metrics or "cond_accuracy" in self.metrics
 
     # ------------------------------------------------------------------------------------------------ entry point
     @torch.no_grad()
-    def __call__(self, fake: Tensor, real: Tensor, *, train: Tensor | None = None,
-                 ref_key: str | None = None) -> SuiteResult:
+    def __call__(self, fake: Tensor, real: Tensor, *, train: Tensor | None = None, ref_key: str | None = None,
+                 cond: dict[str, Tensor] | None = None, train_cond: dict[str, Tensor] | None = None,
+                 real_cond: dict[str, Tensor] | None = None, fingerprint: str | None = None) -> SuiteResult:
         """Evaluate ``fake`` against ``real``.
 
         Args:
             fake: generated ``[B, C, H, W]`` or ``[B, C, H, W, D]`` in [-1, 1].
             real: held-out real images, same layout (the FID reference and the memorization calibration set).
-            train: training images, same shape as ``fake`` per item; needed by "memorization".
+            train: training images, same shape as ``fake`` per item; needed by ``TRAIN_METRICS``.
             ref_key: identifies ``real`` (dataset fingerprint + split) in the reference cache.
+            cond: what each fake sample was requested with, e.g. ``{"label": [B] int, "age": [B], "sex": [B]}``;
+                None (unconditional samples) skips cond_accuracy with a tag.
+            train_cond: the same keys for the training images, ``[N]`` each: what the encoders learn. Pass it
+                whenever the data has labels or covariates: fd_domain's encoder learns them too.
+            real_cond: the true conditions of ``real``, ``[M]`` each: the ``*_real`` ceilings of cond_accuracy.
+            fingerprint: the data set's fingerprint, names the encoder cache files (the key is content-based).
         """
-        _check_pair(fake, real, train, "memorization" in self.metrics)
+        _check_pair(fake, real, train, [m for m in self.metrics if m in TRAIN_METRICS])
         result = SuiteResult({}, {})
         feats = self._features(fake, real, train, ref_key, result)
         if feats is not None:
@@ -116,6 +152,17 @@ class MetricSuite:
             result.tags["ms_ssim_diversity.n_pairs"] = str(self.diversity_pairs)
         if "memorization" in self.metrics:
             self._memorization(fake, real, train, feats, result)
+        digest = tensor_digest(train) if self.needs_cond else None  # hashed once for both encoders
+        if "fd_domain" in self.metrics:
+            self._fd_domain(fake, real, train, train_cond, fingerprint, digest, result)
+        if "cond_accuracy" in self.metrics and cond is None:
+            result.tags["cond_accuracy.skipped"] = "no cond: unconditional samples, or the caller passed none"
+        elif "cond_accuracy" in self.metrics:
+            values, tags = cond_metrics(self.encoders, fake, cond, train, train_cond, real=real, real_cond=real_cond,
+                                        age_bins=self.cond_age_bins, fingerprint=fingerprint, digest=digest,
+                                        batch_size=self.batch_size)
+            result.values |= values
+            result.tags |= tags
         return result
 
     # ------------------------------------------------------------------------------------------------- features
@@ -186,6 +233,16 @@ class MetricSuite:
         if "density_coverage" in self.metrics:
             v[names.DENSITY], v[names.COVERAGE] = density_coverage(f_real, f_fake, self.dc_k)
 
+    # -------------------------------------------------------------------------------------------------- fd_domain
+    def _fd_domain(self, fake, real, train, train_cond, fingerprint, digest, result: SuiteResult) -> None:
+        n_fake, n_real = fake.shape[0], real.shape[0]
+        _require(min(n_fake, n_real) >= self.min_samples, f"fd_domain needs at least min_samples={self.min_samples} "
+                 f"fake and real samples, got {n_fake} and {n_real} (a distance from fewer is not comparable)")
+        encoder = self.encoders.get("domain", train, train_cond, fingerprint, digest)
+        result.values[names.FD_DOMAIN] = D.fd_domain(encoder, fake, real, self.batch_size)
+        result.tags |= encoder.provenance("fd_domain") | {"fd_domain.n_fake": str(n_fake),
+                                                           "fd_domain.n_real": str(n_real)}
+
     # ----------------------------------------------------------------------------------------------- memorization
     def _memorization(self, fake, real, train, feats, result: SuiteResult) -> None:
         """Pixel space always (the headline rate); feature space too when Inception is available."""
@@ -210,14 +267,14 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _check_pair(fake: Tensor, real: Tensor, train: Tensor | None, needs_train: bool) -> None:
+def _check_pair(fake: Tensor, real: Tensor, train: Tensor | None, train_metrics: Sequence[str]) -> None:
     if fake.ndim not in (4, 5) or real.ndim != fake.ndim or real.shape[1] != fake.shape[1]:
         raise ValueError(f"fake/real: expected [B, C, H, W(, D)] with equal C and ndim, got {tuple(fake.shape)}, "
                          f"{tuple(real.shape)}")
-    if needs_train and train is None:
-        raise ValueError("train: metric 'memorization' needs train=<training images>")
+    if train_metrics and train is None:
+        raise ValueError(f"train: metrics {list(train_metrics)} need train=<training images>")
     if train is not None and train.shape[1:] != fake.shape[1:]:
         raise ValueError(f"train: expected items of shape {tuple(fake.shape[1:])}, got {tuple(train.shape[1:])}")
-    if needs_train and real.shape[1:] != fake.shape[1:]:
-        raise ValueError(f"real: memorization needs items of shape {tuple(fake.shape[1:])}, "
+    if train_metrics and real.shape[1:] != fake.shape[1:]:
+        raise ValueError(f"real: {list(train_metrics)} need items of shape {tuple(fake.shape[1:])}, "
                          f"got {tuple(real.shape[1:])}")
