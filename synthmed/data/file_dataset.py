@@ -7,6 +7,8 @@ deterministic MONAI chain from `{"source": ...}` to a `[C, *spatial]` tensor in 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ class LoadSource(Transform):
         return EnsureChannelFirst()(img, meta_dict=meta)
 
 
-class FileDataset(torch.utils.data.Dataset):
+class FileDataset(torch.utils.data.Dataset, ABC):
     """Base of the file formats (see the module docstring for the hooks).
 
     Args:
@@ -105,20 +107,24 @@ class FileDataset(torch.utils.data.Dataset):
     def _check_args(self) -> None:
         """Format-specific argument checks (raise ValueError naming the argument)."""
 
+    @abstractmethod
     def _discover(self) -> tuple[list[Record], list[str] | None]:
-        raise NotImplementedError
+        """The files of the data set and, from a manifest, its split column (or None)."""
 
     def _settings(self) -> dict:
         return {}
 
+    @abstractmethod
     def _scan(self, record: Record) -> dict:
-        raise NotImplementedError
+        """Per-file pre-flight facts (shape, spacing, intensity stats); raise BadFileError for a bad file."""
 
+    @abstractmethod
     def _transforms(self) -> list:
-        raise NotImplementedError
+        """The MONAI chain that turns a record into an item image in [-1, 1]."""
 
+    @abstractmethod
     def _intensity(self, stats: list[dict]) -> dict:
-        raise NotImplementedError
+        """The native -> [-1, 1] mapping record, from the scans of all usable files."""
 
     def _build_index(self) -> list[tuple[int, int | None]]:
         """(record index, part) per item; part is a slice index for 2D-from-3D, else None."""

@@ -78,8 +78,11 @@ class VolumeDataset(FileDataset):
                    if self.spatial_dims == 2 else {})}
 
     def _loader(self):
-        """The format's `LoadSource` (a MONAI Transform returning a channel-first MetaTensor)."""
-        raise NotImplementedError
+        """The format's `LoadSource` (a MONAI Transform returning a channel-first MetaTensor).
+
+        Optional: a subclass either provides this or overrides `_pipeline` (PairedNiftiDataset loads two files).
+        """
+        raise TypeError(f"{type(self).__name__} must define _loader() or override _pipeline()")
 
     def _volume_size(self) -> list[int]:
         """Crop/pad size per RAS axis; in 2D the slice axis is -1 (MONAI keeps that axis as it is)."""
