@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from synthmed.callbacks.metrics import Evaluation, evaluate_generation, log_result, record
 from synthmed.config import CONF_DIR, instantiate, register_resolvers
+from synthmed.models.conditioning import set_guidance
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking.restore import restore
 
@@ -32,6 +33,11 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     restored = restore(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
     model = restored.model.to(cfg.device)
     model.sample_batch_size = cfg.batch_size
+    if cfg.get("guidance_scale") is not None and not cfg.child_run:
+        # Metrics at another guidance weight would overwrite the trained run's own under the same keys.
+        raise ValueError(f"guidance_scale={cfg.guidance_scale} needs child_run=true: the metrics then go to a child "
+                         f"run of {cfg.run} instead of replacing the trained run's")
+    guidance = set_guidance(model, cfg.get("guidance_scale"))
     # The real reference comes from the recorded data config (the phantoms regenerate; files must still exist).
     datamodule = instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule")
     if hasattr(model, "attach_sources"):  # translators translate the reference split's source images
@@ -43,6 +49,9 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     with mt.run_status(client, out.run_id) if cfg.child_run else nullcontext():
         log_result(out, evaluation, restored.step)
         meta = {"seed": cfg.seed, "split": cfg.split, "checkpoint": cfg.checkpoint, "evaluated_run": cfg.run}
+        if guidance is not None:
+            meta["guidance_scale"] = guidance
+            out.client.set_tag(out.run_id, "synthmed.eval.guidance_scale", str(guidance))
         mt.log_json(client, out.run_id, record(evaluation, restored.step, **meta), "metrics/eval.json")
     print(json.dumps({"run_id": out.run_id, "metrics": evaluation.result.values}, indent=2), flush=True)
     return evaluation

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from synthmed.config import CONF_DIR, register_resolvers
 from synthmed.data import export
-from synthmed.models.conditioning import requested
+from synthmed.models.conditioning import check_request, requested, set_guidance
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking.confighash import short_hash
 from synthmed.tracking.restore import Restored, restore
@@ -47,14 +47,16 @@ def sample(cfg: DictConfig) -> list[Path]:
     restored = restore(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
     model = restored.model.to(cfg.device)
     model.sample_batch_size = cfg.batch_size
+    guidance = set_guidance(model, cfg.get("guidance_scale"))
     tags = restored.run.data.tags
     base = {"run_id": restored.run.info.run_id, "config_hash": tags.get(mt.TAG_HASH, ""), "seed": cfg.seed,
             "model_family": tags.get(mt.TAG_FAMILY, model.family), "model": restored.cfg.model.name,
-            "dataset": restored.dataset.get("name")}
+            "dataset": restored.dataset.get("name"), **({"guidance_scale": guidance} if guidance is not None else {})}
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     spec = OmegaConf.to_container(cfg.cond, resolve=True) if cfg.get("cond") else {}
     cond = requested(spec.get("label"), spec.get("attrs"), cfg.n, cfg.seed)
+    check_request(getattr(model, "conditioning", None), cond)  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
     with tqdm(total=cfg.n, desc="sampling", unit="img") as bar:
         for start in range(0, cfg.n, cfg.batch_size):

@@ -51,13 +51,23 @@ def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule) -> None:
     mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
 
 
+def final_metrics(cfg: DictConfig, model) -> list[str]:
+    """`eval.metrics`, plus `eval.cond_metrics` for a model trained with `model.cond` (only a conditional model
+    can be asked for what it generates)."""
+    conditioning = getattr(model, "conditioning", None)
+    extra = list(cfg.eval.get("cond_metrics") or []) if conditioning is not None and conditioning.enabled else []
+    return list(cfg.eval.metrics) + [m for m in extra if m not in cfg.eval.metrics]
+
+
 def record_final(run: mt.RunRef, trainer: pl.Trainer, evaluation, cfg: DictConfig) -> None:
     """Log the final metrics, metrics/final.json and the final checkpoint (weights-only loadable).
 
     Every rank calls this (saving a checkpoint is collective); only rank zero has an evaluation and logs.
     """
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt"
-    trainer.save_checkpoint(ckpt)
+    # Full state (optimizer and loop states too, so a run can continue from it); saying so silences Lightning's
+    # notice. It still loads with torch.load(weights_only=True): every entry is a tensor or a plain value.
+    trainer.save_checkpoint(ckpt, weights_only=False)
     if evaluation is None:
         return
     log_result(run, evaluation, trainer.global_step)
@@ -90,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
         evaluation = None
         if trainer.is_global_zero:  # one rank scores the samples: each counted once, as on one device
-            final_suite = instantiate(cfg.metrics, "metrics", metrics=list(cfg.eval.metrics))
+            final_suite = instantiate(cfg.metrics, "metrics", metrics=final_metrics(cfg, model))
             evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
                                              cfg.eval.split, cfg.eval.n_real)
         record_final(run, trainer, evaluation, cfg)

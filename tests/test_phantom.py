@@ -46,9 +46,25 @@ def test_fingerprint_same_across_splits():
 
 
 @pytest.mark.parametrize("change", [{"seed": 1}, {"size": 32}, {"spatial_dims": 3, "size": 16}, {"n_val": 5},
-                                    {"lesion_prevalence": 0.2}, {"noise_std": 0.0}, {"bias_strength": 0.1}])
+                                    {"lesion_prevalence": 0.2}, {"noise_std": 0.0}, {"bias_strength": 0.1},
+                                    {"lesion_radius": [0.1, 0.2]}])
 def test_fingerprint_changes_with_every_setting(change):
     assert PhantomDataset(**{**SMALL, **change}).fingerprint != PhantomDataset(**SMALL).fingerprint
+
+
+def test_lesion_radius_sets_the_finding_size():
+    args = {**SMALL, "size": 32, "n_train": 40, "lesion_prevalence": 0.5}
+    default = PhantomDataset(**args)
+    assert PhantomDataset(**args, lesion_radius=[0.05, 0.1]).fingerprint == default.fingerprint  # default: unchanged
+    large = PhantomDataset(**args, lesion_radius=[0.15, 0.2])
+    sick = torch.as_tensor(default.covariates()["label"]) == 1
+    radii = large._subjects["lesion_radius"]
+    assert ((radii == 0) | ((radii >= 0.15) & (radii <= 0.2))).all() and (radii[sick.numpy()] > 0).any(1).all()
+    bright = lambda ds: (ds.image[sick] > 0.9).flatten(1).sum(1).float().mean()  # noqa: E731 - lesion pixels
+    assert bright(large) > 3 * bright(default)
+    torch.testing.assert_close(large.image[~sick], default.image[~sick])  # healthy subjects are the same
+    with pytest.raises(ValueError, match="lesion_radius"):
+        PhantomDataset(**args, lesion_radius=[0.2, 0.1])
 
 
 def test_fingerprint_changes_with_generator_version(monkeypatch):

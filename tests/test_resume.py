@@ -112,3 +112,31 @@ def test_epoch_sampler_order_depends_on_seed_and_epoch_and_skips():
     assert list(s) == second[4:] and len(s) == 10
     s.set_epoch(2)
     assert len(list(s)) == 10  # the skip applies to its epoch only
+
+
+def test_balanced_sampler_draws_every_class_equally_often_and_resumes(tmp_path):
+    from scipy.stats import binomtest
+
+    from synthmed.config import instantiate
+    from tests.conftest import compose_train
+
+    cfg = compose_train(tmp_path, ["dataset.size=16", "dataset.datamodule.balance=label"])
+    datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
+    labels = torch.as_tensor(datamodule.split("train").covariates()["label"])
+    assert labels.float().mean() == pytest.approx(0.1, abs=0.01)  # the rare class is rare in the data
+    sampler = EpochSampler(len(labels), 0, datamodule.sampling_weights())
+    drawn = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        drawn += list(sampler)
+    lesions = int(labels[drawn].sum())
+    assert binomtest(lesions, len(drawn), 0.5).pvalue > 1e-3  # ~half lesions, as balanced draws give
+    sampler.set_epoch(2)
+    again = list(sampler)
+    sampler.skip_in(2, 7)
+    assert list(sampler) == again[7:]  # a resumed epoch continues the same draws
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].shape[0] == 16
+    with pytest.raises(Exception, match=r"dataset.datamodule.balance must be one of \(None, 'label'\), got 'sex'"):
+        instantiate(compose_train(tmp_path, ["dataset.datamodule.balance=sex"]).dataset.datamodule,
+                    "dataset.datamodule")

@@ -17,15 +17,41 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 SPLITS = ("train", "val", "test")
 
 
+BALANCE = (None, "label")
+
+
+def covariates(dataset, n: int | None = None) -> dict[str, torch.Tensor]:
+    """``label`` and every ``attrs`` entry of the first ``n`` items of a dataset (DESIGN.md items), each ``[n]``:
+    the ``train_cond`` / ``real_cond`` of a split. Keys that some item lacks are left out."""
+    count = len(dataset) if n is None else min(n, len(dataset))
+    if hasattr(dataset, "covariates"):  # the phantoms: no need to copy every image
+        return {k: torch.as_tensor(v[:count]) for k, v in sorted(dataset.covariates().items())}
+    items = [dataset[i] for i in range(count)]
+    rows = [{**({"label": it["label"]} if "label" in it else {}), **it.get("attrs", {})} for it in items]
+    keys = set.intersection(*(set(r) for r in rows)) if rows else set()
+    return {k: torch.as_tensor([r[k] for r in rows]) for k in sorted(keys)}
+
+
+def class_balancing_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-item sampling weights `[N]` that make every class present equally frequent in expectation."""
+    labels = torch.as_tensor(labels).long()
+    return 1.0 / torch.bincount(labels).double()[labels]
+
+
 class EpochSampler(Sampler[int]):
-    """Shuffled indices whose order depends only on (seed, epoch), so a resumed run sees the same batches.
+    """Indices whose order depends only on (seed, epoch), so a resumed run sees the same batches.
+
+    Without `weights` an epoch is a permutation; with them it is `length` draws with replacement, item i with
+    probability proportional to `weights[i]` (class-balanced training of a rare class).
 
     `skip_in(epoch, n)` drops the first n indices of that one epoch: the batches a killed run had already consumed.
     `__len__` stays the full length, so Lightning's count of batches per epoch is unchanged by a resume.
     """
 
-    def __init__(self, length: int, seed: int = 0) -> None:
-        self.length, self.seed, self.epoch = length, seed, 0
+    def __init__(self, length: int, seed: int = 0, weights: torch.Tensor | None = None) -> None:
+        if weights is not None and tuple(weights.shape) != (length,):
+            raise ValueError(f"weights must have one entry per item ({length}), got shape {tuple(weights.shape)}")
+        self.length, self.seed, self.epoch, self.weights = length, seed, 0, weights
         self._skip: tuple[int, int] = (-1, 0)
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of every epoch
@@ -35,7 +61,9 @@ class EpochSampler(Sampler[int]):
         self._skip = (epoch, n)
 
     def __iter__(self):
-        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = (torch.randperm(self.length, generator=gen) if self.weights is None else
+                 torch.multinomial(self.weights, self.length, replacement=True, generator=gen))
         start = self._skip[1] if self._skip[0] == self.epoch else 0
         return iter(order[start:].tolist())
 
@@ -52,12 +80,17 @@ class GenerativeDataModule(pl.LightningDataModule):
         batch_size: images per step per device.
         num_workers: loader processes (speed only; results do not depend on it).
         val_batch_size: batch size of the val/test loaders; defaults to `batch_size`.
-        seed: seed of the training order (epoch e is permutation(seed + e)).
+        seed: seed of the training order (epoch e is drawn with seed + e).
+        balance: None, or `label`: draw training items so that every label class is equally frequent (with
+            replacement). A conditional model then sees its rare class as often as the common one; its
+            unconditional samples follow the balanced mix, not the data's.
     """
 
     def __init__(self, dataset: Callable[..., Dataset], batch_size: int = 16, num_workers: int = 0,
-                 val_batch_size: int | None = None, seed: int = 0) -> None:
+                 val_batch_size: int | None = None, seed: int = 0, balance: str | None = None) -> None:
         super().__init__()
+        if balance not in BALANCE:
+            raise ValueError(f"dataset.datamodule.balance must be one of {BALANCE}, got {balance!r}")
         if batch_size < 1:
             raise ValueError(f"dataset.datamodule.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -66,7 +99,7 @@ class GenerativeDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_batch_size = val_batch_size or batch_size
-        self.seed = seed
+        self.seed, self.balance = seed, balance
         self._splits: dict[str, Dataset] = {}
 
     def split(self, name: str) -> Dataset:
@@ -105,8 +138,17 @@ class GenerativeDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
+    def sampling_weights(self) -> torch.Tensor | None:
+        """Per-item weights of the training draw (None: a plain shuffle)."""
+        if self.balance is None:
+            return None
+        labels = covariates(self.split("train")).get("label")
+        if labels is None:
+            raise ValueError("dataset.datamodule.balance=label: this data set's training items carry no 'label'")
+        return class_balancing_weights(labels)
+
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.split("train")), self.seed)
+        sampler = EpochSampler(len(self.split("train")), self.seed, self.sampling_weights())
         loop = self.trainer.fit_loop if self.trainer is not None else None
         if loop is not None and loop.restarting:
             # Resuming mid-epoch: continue the interrupted epoch's order after the batches already trained on.

@@ -9,6 +9,7 @@ lesions, and two renderings of the same noise-free anatomy: MR T1-like (`image`)
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 import json
 
 import numpy as np
@@ -25,11 +26,13 @@ TISSUE = {
 }
 CT_WINDOW = (-1000.0, 1000.0)  # HU mapped linearly to [-1, 1]
 CT_NOISE_HU = 200.0  # target noise std in HU per unit of noise_std: 6 HU at the default, typical of a head CT
+LESION_RADIUS = (0.05, 0.1)  # default lesion radius range, FOV half-widths: 2-3 px at 32 px, 3-6 px at 64 px
 MAX_LESIONS, LESION_TRIES = 3, 64  # rejection sampling: 64 tries leave a miss probability below 1e-12
 _CHUNK_VOXELS = 1 << 16  # voxels rendered at a time: 256 KiB temporaries stay in cache, 2-3x faster than 16 MiB
 
 
-def sample_subjects(n: int, spatial_dims: int, lesion_prevalence: float, seed: int, split: str) -> dict:
+def sample_subjects(n: int, spatial_dims: int, lesion_prevalence: float, seed: int, split: str,
+                    lesion_radius: tuple[float, float] = LESION_RADIUS) -> dict:
     """Draws every per-subject parameter of one split; cheap, renders nothing.
 
     Returns:
@@ -40,7 +43,7 @@ def sample_subjects(n: int, spatial_dims: int, lesion_prevalence: float, seed: i
     label[cov.permutation(n)[: round(lesion_prevalence * n)]] = 1  # exact count, so the rare class is exactly rare
     s = {"label": label, "sex": cov.integers(0, 2, n), "age": cov.uniform(20.0, 90.0, n)}
     s.update(_sample_anatomy(anat, s["sex"], (s["age"] - 20.0) / 70.0))
-    s.update(_sample_lesions(les, s, spatial_dims))
+    s.update(_sample_lesions(les, s, spatial_dims, lesion_radius))
     return s
 
 
@@ -81,13 +84,14 @@ def _sample_anatomy(rng: np.random.Generator, sex: np.ndarray, aging: np.ndarray
     return s
 
 
-def _sample_lesions(rng: np.random.Generator, s: dict, spatial_dims: int) -> dict:
+def _sample_lesions(rng: np.random.Generator, s: dict, spatial_dims: int,
+                    lesion_radius: tuple[float, float] = LESION_RADIUS) -> dict:
     """1-3 lesion balls per lesion subject, in the parenchyma, clear of ventricles, midline and cortex surface.
 
     Drawn for every subject, from their own stream, so a subject's anatomy does not depend on its label.
     """
     n, shape = len(s["sex"]), (len(s["sex"]), MAX_LESIONS, LESION_TRIES)
-    radius = rng.uniform(0.05, 0.1, shape[:2])
+    radius = rng.uniform(*lesion_radius, shape[:2])
     cand = rng.uniform(-0.8, 0.8, (*shape, 3))
     if spatial_dims == 2:  # put each lesion centre on the rendered slice (z = 0 in the FOV) so that it shows
         cand[..., 2] = (-s["centre"][:, 2] / s["scale"])[:, None, None]
@@ -224,6 +228,8 @@ class PhantomDataset(torch.utils.data.Dataset):
         n_val: subjects in the val split.
         n_test: subjects in the test split.
         lesion_prevalence: fraction of subjects with lesions, in [0, 1].
+        lesion_radius: [min, max] of the lesion radii, in FOV half-widths (0.05 is 5% of the half side), within
+            [0.02, 0.25]: how large, hence how easy to see and to learn, the rare finding is.
         noise_std: MR Rician noise std in native units ([0, 1] = image range); 0 for noise-free.
         bias_strength: peak relative amplitude of the MR bias field, in [0, 1).
         seed: non-negative; with the other arguments it fixes every pixel.
@@ -233,10 +239,12 @@ class PhantomDataset(torch.utils.data.Dataset):
 
     def __init__(self, split: str = "train", spatial_dims: int = 2, size: int | None = None, n_train: int = 512,
                  n_val: int = 64, n_test: int = 64, lesion_prevalence: float = 0.1, noise_std: float = 0.03,
-                 bias_strength: float = 0.2, seed: int = 0):
+                 bias_strength: float = 0.2, seed: int = 0, lesion_radius: Sequence[float] = LESION_RADIUS):
         size = (64 if spatial_dims == 2 else 32) if size is None else size
         _check_args(split=split, spatial_dims=spatial_dims, size=size, n_train=n_train, n_val=n_val, n_test=n_test,
-                    lesion_prevalence=lesion_prevalence, noise_std=noise_std, bias_strength=bias_strength, seed=seed)
+                    lesion_prevalence=lesion_prevalence, noise_std=noise_std, bias_strength=bias_strength, seed=seed,
+                    lesion_radius=lesion_radius)
+        lesion_radius = (float(lesion_radius[0]), float(lesion_radius[1]))
         self.split, self.spatial_dims, self.size = split, int(spatial_dims), int(size)
         # Everything that changes a pixel, as plain JSON types (numpy ints would not serialize, 0 vs 0.0 would
         # change the hash); the split is left out, so all splits of one data set share the fingerprint.
@@ -245,13 +253,15 @@ class PhantomDataset(torch.utils.data.Dataset):
         reals = {"lesion_prevalence": lesion_prevalence, "noise_std": noise_std, "bias_strength": bias_strength}
         self.settings = {"generator": "synthmed.phantom", "version": GENERATOR_VERSION,
                          **{k: int(v) for k, v in ints.items()}, **{k: float(v) for k, v in reals.items()}}
+        if lesion_radius != LESION_RADIUS:  # only when set: default data sets keep the fingerprints they had
+            self.settings["lesion_radius"] = list(lesion_radius)
         canonical = json.dumps(self.settings, sort_keys=True, separators=(",", ":"))
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
         self.intensity = {"kind": "linear", "native_min": 0.0, "native_max": 1.0, "unit": "a.u."}
         self.target_intensity = {"kind": "linear", "native_min": CT_WINDOW[0], "native_max": CT_WINDOW[1],
                                  "unit": "HU"}
         n = {"train": n_train, "val": n_val, "test": n_test}[split]
-        self._subjects = sample_subjects(n, spatial_dims, lesion_prevalence, seed, split)
+        self._subjects = sample_subjects(n, spatial_dims, lesion_prevalence, seed, split, lesion_radius)
         self.image, self.target = self._render(noise_std, bias_strength, seed)
 
     def _render(self, noise_std: float, bias_strength: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,7 +309,9 @@ def _check_args(**args) -> None:
              "lesion_prevalence": (lambda v: is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
              "noise_std": (lambda v: is_real(v) and 0 <= v < float("inf"), "a finite number >= 0"),
              "bias_strength": (lambda v: is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
-             "seed": (lambda v: is_int(v) and v >= 0, "an int >= 0")}
+             "seed": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+             "lesion_radius": (lambda v: len(v) == 2 and all(is_real(r) for r in v) and 0.02 <= v[0] <= v[1] <= 0.25,
+                               "[min, max] with 0.02 <= min <= max <= 0.25")}
     for name, (ok, want) in rules.items():
         if not ok(args[name]):
             raise ValueError(f"PhantomDataset: {name} must be {want}, got {args[name]!r}")

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from synthmed.data.datamodule import covariates  # noqa: F401 - re-exported: callers read covariates here
 from synthmed.metrics import names
 from synthmed.metrics.domain import ROLES, EncoderBank, targets_of
 
@@ -119,18 +120,6 @@ def _value_values(key: str, predicted: Tensor, requested: Tensor, edges: Sequenc
             if (index == i).any():
                 values[names.per_bin(key, low, high)] = float(error[index == i].mean())
     return values
-
-
-def covariates(dataset, n: int | None = None) -> dict[str, Tensor]:
-    """``label`` and every ``attrs`` entry of the first ``n`` items of a dataset (DESIGN.md items), each ``[n]``:
-    the ``train_cond`` / ``real_cond`` of a split. Keys that some item lacks are left out."""
-    count = len(dataset) if n is None else min(n, len(dataset))
-    if hasattr(dataset, "covariates"):  # the phantoms: no need to copy every image
-        return {k: torch.as_tensor(v[:count]) for k, v in sorted(dataset.covariates().items())}
-    items = [dataset[i] for i in range(count)]
-    rows = [{**({"label": it["label"]} if "label" in it else {}), **it.get("attrs", {})} for it in items]
-    keys = set.intersection(*(set(r) for r in rows)) if rows else set()
-    return {k: torch.as_tensor([r[k] for r in rows]) for k in sorted(keys)}
 
 
 def balanced_requests(train_cond: Mapping[str, Tensor], n: int, seed: int = 0) -> dict[str, Tensor]:

@@ -10,10 +10,10 @@ condition can take that value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 MODES = (None, "label", "attrs", "both")
 NULL_FILL = -1.0
@@ -75,6 +75,10 @@ class Conditioning:
     def encode(self, cond: Mapping[str, Tensor], device: torch.device | None = None) -> Tensor:
         """Context `[B, 1, D]` from a condition dict (every key of `self.keys` required)."""
         missing = [k for k in self.keys if k not in cond]
+        extra = sorted(set(cond) - set(self.keys))
+        if extra:
+            raise KeyError(f"condition has {extra}, which this model does not use: it was trained with "
+                           f"cond={self.mode} and reads only {self.keys}")
         if missing:
             how = ", ".join("cond.label=..." if k == "label" else f"cond.attrs.{k}=..." for k in missing)
             raise KeyError(f"condition lacks {missing}: this model was trained with cond={self.mode} and needs "
@@ -99,6 +103,115 @@ class Conditioning:
             return context
         keep = (torch.rand(context.shape[0], device=context.device) >= p)[:, None, None]
         return torch.where(keep, context, torch.full_like(context, NULL_FILL))
+
+
+def check_request(conditioning: Conditioning | None, cond: Mapping | None) -> None:
+    """Refuse a sampling request a model cannot honour (before any image is written, so that no sidecar claims a
+    condition the image was not made with)."""
+    if not cond:
+        return
+    if conditioning is None or not conditioning.enabled:
+        raise ValueError(f"this run was trained without conditioning (model.cond=null), so it cannot generate on "
+                         f"request {sorted(cond)}: drop cond.label / cond.attrs, or train with model.cond=label|attrs|both")
+    conditioning.encode(cond)  # names missing, unused or out-of-range conditions
+
+
+class ConditionPrior(nn.Module):
+    """The conditions seen in training, kept to sample a conditional GAN when no condition is asked for.
+
+    A GAN has no unconditional branch (a diffusion model drops its condition instead): its images follow the
+    training distribution only if the conditions do. The first `size` training conditions are kept as buffers
+    (the checkpoint carries them); sample i draws one of them with its own generator.
+
+    Args:
+        size: conditions kept.
+        dim: length D of a condition vector.
+    """
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("rows", torch.zeros(size, dim))
+        self.register_buffer("count", torch.tensor(0))
+
+    @torch.no_grad()
+    def add(self, c: Tensor) -> None:
+        """Keep training conditions `c [B, D]` until the buffer is full."""
+        n = min(self.rows.shape[0] - int(self.count), c.shape[0])
+        if n > 0:
+            self.rows[int(self.count):int(self.count) + n] = c[:n].to(self.rows)
+            self.count += n
+
+    def draw(self, generators: Sequence[torch.Generator]) -> Tensor:
+        """One kept condition per generator: `[len(generators), D]`."""
+        if int(self.count) == 0:
+            raise RuntimeError("a conditional GAN that has not trained has no conditions to sample from: "
+                               "pass cond (e.g. synthmed sample cond.label=1)")
+        idx = [int(torch.randint(int(self.count), (1,), generator=g)) for g in generators]
+        return self.rows[idx]
+
+
+class GuidedDenoising:
+    """Mixin of the conditional diffusion families (ddpm, ldm): the denoiser's context from a batch, conditioning
+    dropout in training and classifier-free guidance when sampling.
+
+    The module calls `init_conditioning` before building its denoiser and passes `**self.context(batch)` to the
+    network (nothing for an unconditional model).
+    """
+
+    conditioning: Conditioning
+    cond_drop_prob: float
+    guidance_scale: float
+
+    def init_conditioning(self, net: Callable[..., nn.Module], cond: str | None, num_classes: int,
+                          attr_ranges: Mapping[str, Sequence[float]] | None, cond_drop_prob: float,
+                          guidance_scale: float) -> nn.Module:
+        """Set up conditioning and build the denoiser from its partial constructor `net`, with cross-attention to
+        the condition when `cond` is set (MONAI `DiffusionModelUNet` arguments)."""
+        if not 0.0 <= cond_drop_prob < 1.0:
+            raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        self.conditioning = Conditioning(cond, num_classes, attr_ranges)
+        self.cond_drop_prob, self.guidance_scale = cond_drop_prob, guidance_scale
+        extra = {"with_conditioning": True, "cross_attention_dim": self.conditioning.dim} if cond else {}
+        return net(**extra)
+
+    def context(self, batch: Mapping, drop: bool = False) -> dict:
+        """`{"context": [B, 1, D]}` for a conditional model (rows nulled with `cond_drop_prob` when `drop`), else
+        no extra network input."""
+        if not self.conditioning.enabled:
+            return {}
+        ctx = self.conditioning.encode(self.conditioning.from_batch(batch), self.device)
+        return {"context": self.conditioning.drop(ctx, self.cond_drop_prob) if drop else ctx}
+
+    def denoiser(self, batch_size: int, cond: dict | None = None) -> Callable[..., Tensor]:
+        """The network the sampler integrates: EMA weights, plus guidance toward `cond` when given.
+
+        A conditional model asked for no condition samples from its unconditional (null-context) branch.
+        """
+        net = self.sampling_net()
+        if not self.conditioning.enabled:
+            return net
+        null = self.conditioning.null(batch_size, self.device)
+        if cond is None:
+            return lambda x, timesteps: net(x, timesteps=timesteps, context=null)
+        return guided(net, self.conditioning.encode(cond, self.device), null, self.guidance_scale)
+
+
+def set_guidance(model, scale: float | None) -> float | None:
+    """Override a trained model's guidance scale for sampling (`synthmed sample|evaluate guidance_scale=...`).
+
+    Returns the scale in effect (None for a model without guidance). Refuses a scale for a model that has no
+    guidance (unconditional, or a GAN), rather than ignoring it.
+    """
+    guides = isinstance(model, GuidedDenoising) and model.conditioning.enabled
+    if scale is None:
+        return model.guidance_scale if guides else None
+    if not guides:
+        raise ValueError(f"guidance_scale={scale}: this run is not a conditional diffusion model (ddpm or ldm with "
+                         f"model.cond set), so it has no classifier-free guidance to scale")
+    if scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {scale}")
+    model.guidance_scale = float(scale)
+    return model.guidance_scale
 
 
 def guided(net, context: Tensor, null: Tensor, scale: float):

@@ -10,11 +10,11 @@ from torch import Tensor, nn
 
 from synthmed.metrics import names
 from synthmed.models.base import GenerativeModule, OptimizerFactory
-from synthmed.models.conditioning import Conditioning, guided
+from synthmed.models.conditioning import GuidedDenoising
 from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
 
 
-class DDPMModule(GenerativeModule):
+class DDPMModule(GuidedDenoising, GenerativeModule):
     """Image-space diffusion (Ho et al. 2020, https://arxiv.org/abs/2006.11239) for medical images, as in
     Pinaya et al. 2022 (https://arxiv.org/abs/2209.07162) but without the autoencoder.
 
@@ -43,29 +43,14 @@ class DDPMModule(GenerativeModule):
                  num_classes: int = 2, attr_ranges: Mapping[str, Sequence[float]] | None = None,
                  cond_drop_prob: float = 0.1, guidance_scale: float = 3.0) -> None:
         super().__init__(name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm)
-        if not 0.0 <= cond_drop_prob < 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
         # Objects (net, process, optimizer) are rebuilt from the recorded config; checkpoints keep plain values.
         self.save_hyperparameters(ignore=["net", "process", "optimizer"], logger=False)
-        self.conditioning = Conditioning(cond, num_classes, attr_ranges)
-        extra = {"with_conditioning": True, "cross_attention_dim": self.conditioning.dim} if cond else {}
-        self.net = net(**extra)
+        self.net = self.init_conditioning(net, cond, num_classes, attr_ranges, cond_drop_prob, guidance_scale)
         self.process = process
-        self.cond_drop_prob = cond_drop_prob
-        self.guidance_scale = guidance_scale
         self.init_ema(self.net)
 
-    def _context(self, batch: dict) -> dict:
-        """`{"context": [B, 1, D]}` for a conditional model, else no extra network input."""
-        if not self.conditioning.enabled:
-            return {}
-        return {"context": self.conditioning.encode(self.conditioning.from_batch(batch), self.device)}
-
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        kwargs = self._context(batch)
-        if kwargs:
-            kwargs["context"] = self.conditioning.drop(kwargs["context"], self.cond_drop_prob)
-        loss = self.process.loss(self.net, batch["image"], **kwargs)
+        loss = self.process.loss(self.net, batch["image"], **self.context(batch, drop=True))
         self.log(names.TRAIN_LOSS, loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
@@ -73,22 +58,9 @@ class DDPMModule(GenerativeModule):
         # A fixed generator per batch: the validation loss is comparable across evaluations and does not
         # consume the global RNG (so validating more often cannot change training).
         gen = torch.Generator().manual_seed(batch_idx)
-        loss = self.process.loss(self.sampling_net(), batch["image"], generator=gen, **self._context(batch))
+        loss = self.process.loss(self.sampling_net(), batch["image"], generator=gen, **self.context(batch))
         self.log(names.VAL_LOSS, loss, batch_size=batch["image"].shape[0], sync_dist=True)
         return loss
-
-    def denoiser(self, batch_size: int, cond: dict | None = None) -> Callable[..., Tensor]:
-        """The network `sample()` integrates: EMA weights, plus guidance toward `cond` when given.
-
-        A conditional model asked for no condition samples from its unconditional (null-context) branch.
-        """
-        net = self.sampling_net()
-        if not self.conditioning.enabled:
-            return net
-        null = self.conditioning.null(batch_size, self.device)
-        if cond is None:
-            return lambda x, timesteps: net(x, timesteps=timesteps, context=null)
-        return guided(net, self.conditioning.encode(cond, self.device), null, self.guidance_scale)
 
     def generate(self, noise: Tensor, cond: dict | None = None,
                  generators: list[torch.Generator] | None = None) -> Tensor:

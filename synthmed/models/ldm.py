@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from synthmed.metrics import names
 from synthmed.models.base import GenerativeModule, OptimizerFactory
+from synthmed.models.conditioning import GuidedDenoising
 from synthmed.models.first_stage import load_autoencoder
 from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
 from synthmed.tracking.mlflow_utils import mlflow_run
 
 
-class LDMModule(GenerativeModule):
+class LDMModule(GuidedDenoising, GenerativeModule):
     """Latent diffusion (Rombach et al. 2022, https://arxiv.org/abs/2112.10752) for medical images as in
     Pinaya et al. 2022 (https://arxiv.org/abs/2209.07162): a denoiser (MONAI `DiffusionModelUNet`) trained with
     the same noise processes as `ddpm` (synthmed/models/noise.py) on the latents of a frozen `vae`.
@@ -24,8 +25,13 @@ class LDMModule(GenerativeModule):
     and it is logged as `train/latent_scale`. The autoencoder's weights are part of this module's state dict
     (frozen), so an LDM checkpoint samples on its own.
 
+    With `cond`, labels/covariates reach the denoiser's cross-attention exactly as in `ddpm` (classifier-free
+    guidance; synthmed/models/conditioning.py), as in the conditional LDMs of Rombach et al.
+
     Args:
-        net: denoiser `net(z_t [B, c, *latent], timesteps=[B]) -> [B, c, *latent]` with c = the VAE's latent channels.
+        net: partial constructor of the denoiser
+            `net(z_t [B, c, *latent], timesteps=[B], context=[B, 1, D]) -> [B, c, *latent]` with c = the VAE's
+            latent channels; called here, with cross-attention switched on when the model is conditional.
         process: the noise process (DDPM/DDIM or rectified flow).
         autoencoder: the trained VAE: a checkpoint path, an MLflow run id or config hash, or `None` for the vae
             job of the same Hydra multirun (see synthmed/models/first_stage.py).
@@ -34,16 +40,19 @@ class LDMModule(GenerativeModule):
         scale_batches: training batches whose latents estimate `latent_scale`.
         clip_sample: whether Gaussian samplers clip predicted x0 to [-1, 1]; conf/model/process/*.yaml read it
             from here. False: latents, unlike images, are not bounded.
+        cond, num_classes, attr_ranges, cond_drop_prob, guidance_scale: as in DDPMModule.
         name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm: see GenerativeModule.
     """
 
     family = "diffusion"
 
-    def __init__(self, net: nn.Module, process: GaussianDiffusion | RectifiedFlow, name: str,
+    def __init__(self, net: Callable[..., nn.Module], process: GaussianDiffusion | RectifiedFlow, name: str,
                  image_shape: Sequence[int], optimizer: OptimizerFactory, autoencoder: str | None = None,
                  paths_root: str = ".", job_dir: str | None = None, scale_batches: int = 4,
                  clip_sample: bool = False, ema_decay: float | None = 0.999, sample_batch_size: int = 16,
-                 grad_clip_norm: float | None = 1.0) -> None:
+                 grad_clip_norm: float | None = 1.0, cond: str | None = None, num_classes: int = 2,
+                 attr_ranges: Mapping[str, Sequence[float]] | None = None, cond_drop_prob: float = 0.1,
+                 guidance_scale: float = 3.0) -> None:
         super().__init__(name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm)
         self.save_hyperparameters(ignore=["net", "process", "optimizer"], logger=False)
         if scale_batches < 1:
@@ -53,6 +62,7 @@ class LDMModule(GenerativeModule):
             raise ValueError(f"autoencoder: trained on image_shape {list(vae.image_shape)}, this model generates "
                              f"{list(self.image_shape)}")
         latent_channels = vae.latent_shape[0]
+        net = self.init_conditioning(net, cond, num_classes, attr_ranges, cond_drop_prob, guidance_scale)
         if (getattr(net, "in_channels", latent_channels), getattr(net, "out_channels", latent_channels)) != (
                 latent_channels, latent_channels):
             raise ValueError(f"net.in_channels and net.out_channels must equal the autoencoder's latent channels "
@@ -107,17 +117,18 @@ class LDMModule(GenerativeModule):
 
     # ---- training and sampling -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss = self.process.loss(self.net, self.latents(batch["image"]))
+        loss = self.process.loss(self.net, self.latents(batch["image"]), **self.context(batch, drop=True))
         self.log(names.TRAIN_LOSS, loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
         gen = torch.Generator().manual_seed(batch_idx)  # fixed noise: comparable across evaluations (as ddpm)
-        loss = self.process.loss(self.sampling_net(), self.latents(batch["image"]), generator=gen)
+        loss = self.process.loss(self.sampling_net(), self.latents(batch["image"]), generator=gen,
+                                 **self.context(batch))
         self.log(names.VAL_LOSS, loss, batch_size=batch["image"].shape[0], sync_dist=True)
         return loss
 
     def generate(self, noise: Tensor, cond: dict | None = None,
                  generators: list[torch.Generator] | None = None) -> Tensor:
-        z = self.process.sample(self.sampling_net(), noise, generators)
+        z = self.process.sample(self.denoiser(noise.shape[0], cond), noise, generators)
         return self.vae.decode(z / self.latent_scale)

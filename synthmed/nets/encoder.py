@@ -40,12 +40,13 @@ class DomainEncoder(nn.Module):
     Args:
         spatial_dims: 2 or 3.
         in_channels: image channels.
-        channels: channels per stage; every stage halves the resolution.
+        channels: channels per stage; every stage but (optionally) the first halves the resolution.
         heads: head name -> outputs (classes of a categorical target, 1 for a regression).
+        first_stride: stride of the first stage; 1 keeps full resolution there, for findings a pixel or two wide.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int = 1, channels: Sequence[int] = (8, 16, 32),
-                 heads: Mapping[str, int] | None = None) -> None:
+                 heads: Mapping[str, int] | None = None, first_stride: int = 2) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -56,9 +57,13 @@ class DomainEncoder(nn.Module):
         heads = dict(heads or {})
         if any(int(k) < 1 for k in heads.values()):
             raise ValueError(f"heads must map names to output counts >= 1, got {heads}")
+        if first_stride not in (1, 2):
+            raise ValueError(f"first_stride must be 1 or 2, got {first_stride}")
         self.spatial_dims, self.channels = spatial_dims, [int(c) for c in channels]
         widths = [in_channels, *self.channels]
-        self.stages = nn.ModuleList(_block(spatial_dims, cin, cout, 2) for cin, cout in zip(widths, widths[1:]))
+        strides = [first_stride] + [2] * (len(self.channels) - 1)
+        self.stages = nn.ModuleList(_block(spatial_dims, cin, cout, stride)
+                                    for cin, cout, stride in zip(widths, widths[1:], strides))
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.thumbnail = conv(self.channels[-1], in_channels, 3, padding=1)
         self.heads = nn.ModuleDict({k: nn.Linear(3 * sum(self.channels), int(v)) for k, v in heads.items()})
