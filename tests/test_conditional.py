@@ -53,6 +53,14 @@ def test_sampling_requests_a_model_cannot_honour_are_refused():
         check_request(Conditioning("label"), {"label": torch.tensor([3])})
 
 
+def test_grids_of_label_models_show_every_class_in_blocks():
+    from synthmed.callbacks.samples import grid_request
+
+    assert grid_request(Conditioning("label"), 6)["label"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert grid_request(Conditioning("label", 3), 6)["label"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert grid_request(Conditioning("both", 2, RANGES), 6) is None and grid_request(None, 6) is None
+
+
 def test_condition_dropout_rate():
     torch.manual_seed(0)
     c = Conditioning("label")

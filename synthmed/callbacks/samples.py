@@ -16,7 +16,9 @@ from synthmed.viz import image_grid, save_png
 class SampleGrid(pl.Callback):
     """Draw `n` samples with a fixed seed after each validation and log their grid.
 
-    The seed is the same at every step, so the grids show one set of samples evolving through training.
+    The seed is the same at every step, so the grids show one set of samples evolving through training. A model
+    conditioned on the label alone (`model.cond=label`) is asked for each class in turn, in equal blocks of rows
+    (healthy on top, lesions below on the phantoms); other models draw unconditional samples.
 
     Args:
         n: images in the grid.
@@ -40,8 +42,16 @@ class SampleGrid(pl.Callback):
         run = mlflow_run(trainer)
         if run is None:
             return None
-        images = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed))
+        images = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed),
+                                  cond=grid_request(getattr(pl_module, "conditioning", None), self.n))
         with tempfile.TemporaryDirectory() as tmp:
             png = save_png(image_grid(images), Path(tmp) / f"step_{trainer.global_step:07d}.png")
             run.client.log_artifact(run.run_id, str(png), "samples")
         return f"samples/{png.name}"
+
+
+def grid_request(conditioning, n: int) -> dict[str, torch.Tensor] | None:
+    """Class blocks `{"label": [n]}` (0, 0, ..., 1, 1, ...) for a label-only conditional model, else None."""
+    if conditioning is None or conditioning.mode != "label":
+        return None
+    return {"label": torch.arange(n) * conditioning.num_classes // n}

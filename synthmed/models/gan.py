@@ -105,7 +105,7 @@ class GANModule(GenerativeModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real = batch["image"]
-        c = self._condition(self.conditioning.from_batch(batch)) if self.conditioning.enabled else None
+        c = self._condition(self.conditioning.from_batch(batch))  # None for an unconditional GAN
         if self.prior is not None:
             self.prior.add(c)
         opt_g, opt_d = self.optimizers()
