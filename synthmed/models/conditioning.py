@@ -2,8 +2,10 @@
 
 A condition is a dict of per-sample tensors, e.g. `{"label": [B] long, "age": [B] float, "sex": [B] float}`,
 taken from a batch (`label`, `attrs`) or asked for at sampling time (`synthmed sample cond.label=1`). It is encoded
-as a context vector `[B, 1, D]` for the UNet's cross-attention: the label one-hot, then each covariate scaled to
-[0, 1] by its configured range. The null condition of classifier-free guidance (Ho & Salimans 2022,
+as a context vector `[B, 1, D]`: the label one-hot, then each covariate scaled to [0, 1] by its configured range.
+Diffusion families (`GuidedDenoising`: ddpm, ldm) feed it to the UNet's cross-attention; the GAN feeds `[B, D]` to
+its conditional normalization and projection discriminator, and keeps training conditions (`ConditionPrior`) to
+sample when none is asked for. The null condition of classifier-free guidance (Ho & Salimans 2022,
 https://arxiv.org/abs/2207.12598) is that vector filled with -1, MONAI's `cfg_fill_value` convention; no real
 condition can take that value.
 """
