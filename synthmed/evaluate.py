@@ -22,7 +22,7 @@ def target_run(client: MlflowClient, run, child: bool) -> mt.RunRef:
     if not child:
         return mt.RunRef(client, run.info.run_id)
     tags = {k: v for k, v in run.data.tags.items() if k.startswith("synthmed.") and ".fid." not in k}
-    tags |= {"mlflow.parentRunId": run.info.run_id, "synthmed.evaluates": run.info.run_id}
+    tags |= {"mlflow.parentRunId": run.info.run_id, mt.TAG_EVALUATES: run.info.run_id}
     child_run = client.create_run(run.info.experiment_id, run_name=f"{run.info.run_name}-eval", tags=tags)
     return mt.RunRef(client, child_run.info.run_id)
 
@@ -51,7 +51,7 @@ def evaluate(cfg: DictConfig) -> Evaluation:
         meta = {"seed": cfg.seed, "split": cfg.split, "checkpoint": cfg.checkpoint, "evaluated_run": cfg.run}
         if guidance is not None:
             meta["guidance_scale"] = guidance
-            out.client.set_tag(out.run_id, "synthmed.eval.guidance_scale", str(guidance))
+            out.client.set_tag(out.run_id, mt.TAG_EVAL_GUIDANCE, str(guidance))
         mt.log_json(client, out.run_id, record(evaluation, restored.step, **meta), "metrics/eval.json")
     print(json.dumps({"run_id": out.run_id, "metrics": evaluation.result.values}, indent=2), flush=True)
     return evaluation

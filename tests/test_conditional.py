@@ -198,6 +198,12 @@ def test_evaluate_at_another_guidance_scale_goes_to_a_child_run(run_root):
                  if r.info.run_id != run_id)
     assert child.data.tags["synthmed.eval.guidance_scale"] == "1.0" and len(ev.fake) == 8
     assert client.get_run(run_id).data.tags.get("synthmed.eval.guidance_scale") is None
+    # The child carries the trained run's config hash, yet a hash still finds the trained run (sample, reproduce).
+    from synthmed.tracking import mlflow_utils as mt
+
+    config_hash = child.data.tags[mt.TAG_HASH]
+    assert config_hash == client.get_run(run_id).data.tags[mt.TAG_HASH]
+    assert mt.find_run(client, config_hash[:8]).info.run_id == run_id
 
 
 def _only_run_id(root) -> str:

@@ -32,6 +32,8 @@ TAG_FINGERPRINT = "synthmed.dataset_fingerprint"
 TAG_GIT_SHA = "synthmed.git_sha"
 TAG_VERSION = "synthmed.version"
 TAG_MODEL = "synthmed.model"
+TAG_EVALUATES = "synthmed.evaluates"  # on an evaluation child run (`synthmed evaluate child_run=true`): the trained run
+TAG_EVAL_GUIDANCE = "synthmed.eval.guidance_scale"  # the guidance weight an evaluation sampled with, when overridden
 
 
 def tracking_uri(configured: str | None, root: str | Path) -> str:
@@ -116,9 +118,11 @@ def log_run_record(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
 
 
 def find_run(client: MlflowClient, ref: str, prefer_finished: bool = True) -> Run:
-    """A run by its id, or the newest run whose config hash starts with `ref` (>= 6 hex digits).
+    """A run by its id, or the newest training run whose config hash starts with `ref` (>= 6 hex digits).
 
-    `prefer_finished`: among runs of one hash, a FINISHED one wins over newer failed or killed ones.
+    Evaluation child runs carry their trained run's hash too (so that they group with it) but hold no checkpoint or
+    config: a hash never resolves to them. `prefer_finished`: among runs of one hash, a FINISHED one wins over newer
+    failed or killed ones.
     """
     try:
         return client.get_run(ref)
@@ -129,6 +133,7 @@ def find_run(client: MlflowClient, ref: str, prefer_finished: bool = True) -> Ru
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, filter_string=f"tags.`{TAG_HASH}` LIKE '{ref.lower()}%'",
                               order_by=["attributes.start_time DESC"])
+    runs = [r for r in runs if TAG_EVALUATES not in r.data.tags]
     if not runs:
         raise LookupError(f"no run with id or config hash '{ref}' in {client.tracking_uri}")
     finished = [r for r in runs if r.info.status == "FINISHED"] if prefer_finished else []
