@@ -107,6 +107,8 @@ def select_runs(client: MlflowClient, opts: dict) -> tuple[list[Run], list[str]]
             skipped.append(f"{name}: a report")
         elif TAG_REPRODUCES in tags:  # a second measurement of one run would shrink the std
             skipped.append(f"{name}: a reproduction of {tags[TAG_REPRODUCES]}")
+        elif mt.TAG_EVALUATES in tags and not opts["runs"]:  # likewise, and maybe under other settings (guidance)
+            skipped.append(f"{name}: an evaluation of {tags[mt.TAG_EVALUATES]} (list it in runs= to report it)")
         elif tags.get("synthmed.sweep") == "parent" and not truthy(opts["include_parents"]):
             skipped.append(f"{name}: parent sweep run (include_parents=true to keep)")
         elif run.info.status != "FINISHED" and not truthy(opts["include_unfinished"]):

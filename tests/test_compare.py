@@ -35,6 +35,8 @@ def store(tmp_path_factory, mlflow_template):
     exp = client.get_experiment_by_name("phantom2d").experiment_id
     parent = client.create_run(exp, run_name="sweep-x", tags={"synthmed.sweep": "parent"})
     client.set_terminated(parent.info.run_id, "FINISHED")
+    evaluation = client.create_run(exp, run_name="ddpm-eval", tags={mt.TAG_MODEL: "ddpm", mt.TAG_EVALUATES: "x"})
+    client.set_terminated(evaluation.info.run_id, "FINISHED")
     failed = client.create_run(exp, run_name="ddpm-failed", tags={mt.TAG_MODEL: "ddpm"})
     client.log_metric(failed.info.run_id, names.TRAIN_LOSS, 1.0, step=0)
     client.set_terminated(failed.info.run_id, "FAILED")
@@ -104,8 +106,9 @@ def test_html_is_self_contained(report):
 
 def test_parents_and_unfinished_runs_are_skipped_unless_asked(store, tmp_path):
     root, _ = store
-    default, _ = C.select_runs(store[1], opts(root))
-    assert {r.info.run_name for r in default}.isdisjoint({"sweep-x", "ddpm-failed"})
+    default, skipped = C.select_runs(store[1], opts(root))
+    assert {r.info.run_name for r in default}.isdisjoint({"sweep-x", "ddpm-failed", "ddpm-eval"})
+    assert any(note.startswith("ddpm-eval: an evaluation of x") for note in skipped)
     everything, _ = C.select_runs(store[1], opts(root, include_unfinished="true", include_parents="true"))
     assert {"sweep-x", "ddpm-failed"} <= {r.info.run_name for r in everything}
     result = C.compare(opts(root, out=str(tmp_path), include_unfinished="true"))

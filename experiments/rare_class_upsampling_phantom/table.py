@@ -37,7 +37,7 @@ def balance(run) -> str:
 
 def table(trained: list, evals: list) -> str:
     lines = ["| model | training draws | run | guidance | asked lesion: read lesion | asked healthy: read healthy | "
-             "balanced accuracy | MS-SSIM diversity |", "|---|---|---|---|---|---|---|---|"]
+             "balanced accuracy | MS-SSIM between samples (lower = more varied) |", "|---|---|---|---|---|---|---|---|"]
     for run in trained:
         trained_scale = run.data.params.get("model.guidance_scale")  # a GAN has no guidance
         scored = [(float(trained_scale) if trained_scale else None, run)]
