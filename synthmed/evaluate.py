@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from pathlib import Path
 
 import hydra
 from mlflow.tracking import MlflowClient
@@ -14,7 +13,7 @@ from synthmed.callbacks.metrics import Evaluation, evaluate_generation, log_resu
 from synthmed.config import CONF_DIR, instantiate, register_resolvers
 from synthmed.models.conditioning import set_guidance
 from synthmed.tracking import mlflow_utils as mt
-from synthmed.tracking.restore import restore
+from synthmed.tracking.restore import restore_for_sampling
 
 
 def target_run(client: MlflowClient, run, child: bool) -> mt.RunRef:
@@ -29,14 +28,12 @@ def target_run(client: MlflowClient, run, child: bool) -> mt.RunRef:
 
 def evaluate(cfg: DictConfig) -> Evaluation:
     """Restore run `cfg.run`, sample `cfg.n_samples` with `cfg.seed`, score them and record metrics/eval.json."""
-    client = MlflowClient(mt.tracking_uri(cfg.tracking_uri, cfg.paths.root))
-    restored = restore(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
-    model = restored.model.to(cfg.device)
-    model.sample_batch_size = cfg.batch_size
-    if cfg.get("guidance_scale") is not None and not cfg.child_run:
+    if cfg.get("guidance_scale") is not None and not cfg.child_run:  # refused before anything is downloaded
         # Metrics at another guidance weight would overwrite the trained run's own under the same keys.
         raise ValueError(f"guidance_scale={cfg.guidance_scale} needs child_run=true: the metrics then go to a child "
                          f"run of {cfg.run} instead of replacing the trained run's")
+    client, restored = restore_for_sampling(cfg)
+    model = restored.model
     guidance = set_guidance(model, cfg.get("guidance_scale"))
     # The real reference comes from the recorded data config (the phantoms regenerate; files must still exist).
     datamodule = instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule")

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import hydra
 import torch
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from synthmed.config import CONF_DIR, register_resolvers
 from synthmed.data import export
 from synthmed.models.conditioning import check_request, requested, set_guidance
-from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking.confighash import short_hash
-from synthmed.tracking.restore import Restored, restore
+from synthmed.tracking.restore import Restored, provenance, restore_for_sampling
 
 log = logging.getLogger(__name__)
 FORMATS = ("png", "nifti", "dicom")
@@ -43,15 +41,10 @@ def sample(cfg: DictConfig) -> list[Path]:
     """Write `cfg.n` samples of run `cfg.run` into `cfg.out`; returns the written paths."""
     if cfg.format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got '{cfg.format}'")
-    client = MlflowClient(mt.tracking_uri(cfg.tracking_uri, cfg.paths.root))
-    restored = restore(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
-    model = restored.model.to(cfg.device)
-    model.sample_batch_size = cfg.batch_size
+    _, restored = restore_for_sampling(cfg)
+    model = restored.model
     guidance = set_guidance(model, cfg.get("guidance_scale"))
-    tags = restored.run.data.tags
-    base = {"run_id": restored.run.info.run_id, "config_hash": tags.get(mt.TAG_HASH, ""), "seed": cfg.seed,
-            "model_family": tags.get(mt.TAG_FAMILY, model.family), "model": restored.cfg.model.name,
-            "dataset": restored.dataset.get("name"), **({"guidance_scale": guidance} if guidance is not None else {})}
+    base = provenance(restored, cfg.seed) | ({"guidance_scale": guidance} if guidance is not None else {})
     out = Path(cfg.out)
     spec = OmegaConf.to_container(cfg.cond, resolve=True) if cfg.get("cond") else {}
     cond = requested(spec.get("label"), spec.get("attrs"), cfg.n, cfg.seed)

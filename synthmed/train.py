@@ -51,6 +51,16 @@ def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule) -> None:
     mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
 
 
+def refuse_stale_checkpoints(folder: Path) -> None:
+    """A new run must not start where an earlier one left checkpoints: with `OnExceptionCheckpoint` among the
+    callbacks, Lightning turns `fit(ckpt_path=None)` into `"last"` and would silently continue that run."""
+    stale = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    if stale:
+        raise FileExistsError(f"{folder} already holds checkpoints of an earlier run ({', '.join(stale)}): continue "
+                              f"it with resume=<run id | config hash | last>, or give this run its own "
+                              f"paths.output_dir")
+
+
 def final_metrics(cfg: DictConfig, model) -> list[str]:
     """`eval.metrics`, plus `eval.cond_metrics` for a model trained with `model.cond` (only a conditional model
     can be asked for what it generates)."""
@@ -87,6 +97,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     suite = instantiate(cfg.metrics, "metrics")
     full_hash = config_hash(cfg)
     resume = find_resume(mt.tracking_client(cfg), str(cfg.resume), full_hash) if cfg.get("resume") else None
+    if resume is None:
+        refuse_stale_checkpoints(Path(cfg.paths.output_dir) / "checkpoints")
     logger = mt.make_logger(cfg, model.family, datamodule.fingerprint, full_hash, resume and resume.run_id)
     run = mt.RunRef(logger.experiment, logger.run_id)
     with mt.run_status(run.client, run.run_id):
@@ -100,7 +112,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
         evaluation = None
         if trainer.is_global_zero:  # one rank scores the samples: each counted once, as on one device
-            final_suite = instantiate(cfg.metrics, "metrics", metrics=final_metrics(cfg, model))
+            final_suite = suite.with_metrics(final_metrics(cfg, model))  # Inception and features loaded once
             evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
                                              cfg.eval.split, cfg.eval.n_real)
         record_final(run, trainer, evaluation, cfg)

@@ -9,28 +9,24 @@ native units (HU for CT) and take nothing from an input but its pixels; the side
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
-from mlflow.tracking import MlflowClient
 from monai.data import NibabelReader
 from monai.transforms import Compose, ResizeWithPadOrCrop, ScaleIntensityRangePercentiles
 from omegaconf import DictConfig
 from PIL import Image
 
-from synthmed.config import CONF_DIR, instantiate, register_resolvers
+from synthmed.config import CONF_DIR, register_resolvers
 from synthmed.data import export
 from synthmed.data.file_dataset import LoadSource
 from synthmed.data.splits import find_files
 from synthmed.data.transforms import volume_pipeline
-from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking.confighash import short_hash
-from synthmed.tracking.restore import Restored, restore
+from synthmed.tracking.restore import Restored, provenance, restore_for_sampling
 
-log = logging.getLogger(__name__)
 NIFTI, PNG = (".nii", ".nii.gz"), (".png",)
 FORMATS = ("auto", "png", "nifti")
 GEOMETRIES = ("dataset", "input")
@@ -75,25 +71,24 @@ def load_nifti(path: Path, restored: Restored, slice_axis: int) -> tuple[torch.T
     return x.as_tensor().float(), np.asarray(x.affine, dtype=np.float64)
 
 
-def translate_image(model, source: torch.Tensor, seed: int, batch_size: int, slice_axis: int) -> torch.Tensor:
+def translate_image(model, source: torch.Tensor, seed: int, slice_axis: int) -> torch.Tensor:
     """Translate one source `[C, *spatial]`; a 2D model gets a volume `[C, X, Y, Z]` slice by slice and returns
-    `[C, a, b, n]` (in-plane axes, then the slice axis). Noise comes from `seed` alone, so reruns agree."""
-    gen = lambda: torch.Generator().manual_seed(seed)
+    `[C, a, b, n]` (in-plane axes, then the slice axis). Noise comes from `seed` alone, so reruns agree; slices are
+    batched by `model.sample` (`sample_batch_size`)."""
+    gen = torch.Generator().manual_seed(seed)
     if source.ndim - 1 == model.spatial_dims:
-        return model.sample(1, generator=gen(), cond={"source": source[None].to(model.device)})[0].cpu()
+        return model.sample(1, generator=gen, cond={"source": source[None].to(model.device)})[0].cpu()
     slices = source.movedim(1 + slice_axis, -1).permute(3, 0, 1, 2)  # [n, C, a, b]
-    out = [model.sample(len(part), generator=gen(), cond={"source": part.to(model.device)}, offset=start).cpu()
-           for start in range(0, len(slices), batch_size) for part in [slices[start:start + batch_size]]]
-    return torch.cat(out).permute(1, 2, 3, 0)
+    return model.sample(len(slices), generator=gen, cond={"source": slices.to(model.device)}).cpu().permute(1, 2, 3, 0)
 
 
 def target_intensity(restored: Restored) -> dict:
-    """The target's mapping from data/dataset.json; runs that lack it get it from their rebuilt data set."""
+    """The target's native mapping (e.g. the HU window) recorded in the run's data/dataset.json."""
     record = restored.dataset.get("target_intensity")
-    if record:
-        return record
-    log.warning("data/dataset.json of this run has no target_intensity: rebuilding the data set to read it")
-    return instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule").target_intensity
+    if not record:
+        raise ValueError(f"run {restored.run.info.run_id}: data/dataset.json has no target_intensity, so outputs "
+                         f"cannot be mapped back to target units; was it trained on paired data (items with a target)?")
+    return record
 
 
 def translate(cfg: DictConfig) -> list[Path]:
@@ -101,17 +96,12 @@ def translate(cfg: DictConfig) -> list[Path]:
     if cfg.format not in FORMATS or cfg.geometry not in GEOMETRIES:
         raise ValueError(f"format must be one of {FORMATS} and geometry one of {GEOMETRIES}, got "
                          f"'{cfg.format}', '{cfg.geometry}'")
-    client = MlflowClient(mt.tracking_uri(cfg.tracking_uri, cfg.paths.root))
-    restored = restore(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
-    model = restored.model.to(cfg.device)
+    _, restored = restore_for_sampling(cfg)
+    model = restored.model
     if not getattr(model, "requires_source", False):
         raise ValueError(f"run {cfg.run} is a '{restored.cfg.model.name}' model, not a translator (pix2pix, cond_ddpm)")
-    model.sample_batch_size = cfg.batch_size
     restored.dataset["target_intensity"] = target_intensity(restored)
-    tags = restored.run.data.tags
-    base = {"run_id": restored.run.info.run_id, "config_hash": tags.get(mt.TAG_HASH, ""), "seed": cfg.seed,
-            "model_family": tags.get(mt.TAG_FAMILY, model.family), "model": restored.cfg.model.name,
-            "dataset": restored.dataset.get("name"), "task": "translation"}
+    base = provenance(restored, cfg.seed) | {"task": "translation"}
     inputs = [Path(p) for p in find_files(Path(cfg["in"]), NIFTI + PNG)]
     out, written = Path(cfg.out), []
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +125,7 @@ def translate_file(path: Path, stem: Path, model, restored: Restored, cfg: DictC
     else:
         source, affine = load_nifti(path, restored, slice_axis)
     seed = int(np.random.SeedSequence([int(cfg.seed), meta["sample_index"]]).generate_state(1)[0])
-    image = translate_image(model, source, seed, cfg.batch_size, slice_axis)
+    image = translate_image(model, source, seed, slice_axis)
     intensity = restored.dataset["target_intensity"]
     if fmt == "png":
         if image.ndim != 3:

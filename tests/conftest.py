@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from synthmed.config import CONF_DIR, register_resolvers
 
@@ -42,6 +43,16 @@ def run_root(tmp_path, mlflow_template) -> Path:
     """A `paths.root` with its own copy of the migrated store."""
     shutil.copy(mlflow_template, tmp_path / "mlflow.db")
     return tmp_path
+
+
+def save_run_folder(folder: Path, cfg, trainer) -> Path:
+    """`<folder>/checkpoints/final.ckpt` + `<folder>/config/config.yaml`: what `synthmed train` records, for tests
+    that point a model at an earlier stage (the ldm at its vae). Returns the checkpoint."""
+    ckpt = folder / "checkpoints" / "final.ckpt"
+    trainer.save_checkpoint(ckpt)
+    (folder / "config").mkdir(parents=True)
+    OmegaConf.save(cfg, folder / "config" / "config.yaml", resolve=True)
+    return ckpt
 
 
 def compose_train(root: Path, overrides: list[str] = (), config_name: str = "train"):

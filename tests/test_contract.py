@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 
 from synthmed.config import CONF_DIR, instantiate
 from synthmed.models.base import GenerativeModule, load_weights
-from tests.conftest import compose_train
+from tests.conftest import compose_train, save_run_folder
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 # Per-model overrides that only make the contract test faster (fewer sampling steps); never needed for correctness.
@@ -37,10 +36,7 @@ def prerequisites(tmp_path: Path, model: str, dataset: str) -> list[str]:
     if model != "ldm":
         return []
     cfg, datamodule, vae = build(tmp_path / "vae", "vae", dataset)
-    ckpt = tmp_path / "vae" / "checkpoints" / "final.ckpt"
-    fit(vae, datamodule, tmp_path / "vae", steps=2).save_checkpoint(ckpt)
-    (tmp_path / "vae" / "config").mkdir()
-    OmegaConf.save(cfg, tmp_path / "vae" / "config" / "config.yaml", resolve=True)
+    ckpt = save_run_folder(tmp_path / "vae", cfg, fit(vae, datamodule, tmp_path / "vae", steps=2))
     return [f"model.autoencoder='{ckpt}'"]
 
 

@@ -112,6 +112,22 @@ def test_loose_files_next_to_class_folders_are_an_error(tmp_path):
     assert ImageFolderDataset("train", root, labels_from_folders=False).classes is None
 
 
+def test_reference_images_and_covariates_come_without_augmentation_or_decoding(tmp_path, monkeypatch):
+    from synthmed.data.datamodule import GenerativeDataModule, covariates
+
+    root = mednist_like(tmp_path / "MedNIST")
+    make = lambda split: ImageFolderDataset(split, root, size=[8, 8], augment={"prob": 1.0, "noise_std": 0.2})  # noqa: E731
+    dm = GenerativeDataModule(make)
+    train = dm.split("train")
+    assert not torch.equal(train[0]["image"], train[0]["image"])  # items for training are augmented ...
+    reference = dm.images("train")
+    torch.testing.assert_close(reference, dm.images("train"), rtol=0, atol=0)  # ... reference sets are not
+    torch.testing.assert_close(reference[0], train.load(0).float(), rtol=0, atol=0)
+    monkeypatch.setattr(train, "load", lambda i: pytest.fail("covariates decoded an image"))
+    labels = covariates(train)["label"]
+    assert labels.tolist() == [train.records[r].label for r, _ in train._index] and labels.dtype == torch.int64
+
+
 def test_mednist_preset_builds(tmp_path):
     root = mednist_like(tmp_path / "MedNIST", size=64)
     cfg = compose_train(tmp_path, ["dataset=mednist", f"dataset.datamodule.dataset.root={root}",
@@ -144,6 +160,7 @@ def test_medmnist_2d_gray_and_rgb(tmp_path):
     medmnist_npz(tmp_path / "pathmnist.npz", (28, 28, 3), multilabel=True)
     rgb = MedMNISTDataset("train", tmp_path / "pathmnist.npz", channels=3, size=[32, 32])
     assert rgb[0]["image"].shape == (3, 32, 32) and "label" not in rgb[0]  # multi-label: no single int label
+    assert rgb.covariates() == {} and ds.covariates()["label"].tolist() == arrays["val_labels"][:, 0].tolist()
     assert MedMNISTDataset("train", tmp_path / "pathmnist.npz", channels=1)[0]["image"].shape == (1, 28, 28)
 
 

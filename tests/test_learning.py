@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from scipy.stats import wasserstein_distance
 
 from synthmed.config import instantiate
-from tests.conftest import compose_train
+from tests.conftest import compose_train, save_run_folder
 
 pytestmark = pytest.mark.slow
 
@@ -85,11 +84,7 @@ def trained_vae(tmp_path_factory):
     """A VAE trained on the tiny phantoms, saved as a run folder (checkpoint + config) for the LDM test."""
     root = tmp_path_factory.mktemp("vae")
     before, after, trainer, cfg = train(root, "vae", steps=120)
-    ckpt = root / "checkpoints" / "final.ckpt"
-    trainer.save_checkpoint(ckpt)
-    (root / "config").mkdir()
-    OmegaConf.save(cfg, root / "config" / "config.yaml", resolve=True)
-    return before, after, ckpt
+    return before, after, save_run_folder(root, cfg, trainer)
 
 
 def test_gan_learns(tmp_path):

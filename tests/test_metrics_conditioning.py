@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from synthmed.data.datamodule import covariates
 from synthmed.data.phantom import PhantomDataset
 from synthmed.metrics import names
-from synthmed.metrics.conditioning import balanced_requests, covariates, score
+from synthmed.metrics.conditioning import balanced_requests, score
 from synthmed.metrics.suite import MetricSuite
 
 ACC, BAL = names.COND_ACCURACY, names.COND_BALANCED_ACCURACY

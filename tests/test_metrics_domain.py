@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from synthmed.data.datamodule import covariates
 from synthmed.data.phantom import PhantomDataset
 from synthmed.metrics import domain as D
 from synthmed.metrics import names
-from synthmed.metrics.conditioning import covariates
 from synthmed.metrics.suite import MetricSuite
 
 PROVENANCE = ("encoder", "weights_sha256", "dims", "train_steps", "n_real", "n_fake")

@@ -9,9 +9,11 @@ import pytest
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance as pfid_frechet
 
+from synthmed.metrics import domain as D
 from synthmed.metrics import fid as F
 from synthmed.metrics import inception, names
-from synthmed.metrics.features import kid
+from synthmed.metrics.features import density_coverage, kid, precision_recall
+from synthmed.metrics.memorization import memorization
 from synthmed.metrics.suite import METRICS, MetricSuite
 
 # scipy warns on the rank-deficient covariances of small sets; that is expected, not a failure
@@ -63,17 +65,26 @@ def test_invalid_arguments_name_themselves():
 # ----------------------------------------------------------------------------------------------------------- 2D
 def test_all_metrics_2d_agree_with_direct_computation(torch_home):
     fake, real, train = _images(12, 0, brightness=0.3), _images(12, 1), _images(16, 2)
-    suite = MetricSuite(metrics=METRICS, fid_dims=DIMS, kid_subset_size=8, bootstrap=5)
+    suite = MetricSuite(metrics=METRICS, fid_dims=DIMS, kid_subset_size=8, bootstrap=5, domain_steps=20)
     result = suite(fake, real, train=train)
     v = result.values
     feats_fake, feats_real = suite.extractor().extract(fake), suite.extractor().extract(real)
+    feats_train = suite.extractor().extract(train)
     assert v[names.FID] == pytest.approx(_numpy_fid(feats_fake, feats_real), rel=1e-4)
     assert v[names.KID] == pytest.approx(kid(feats_real, feats_fake, subset_size=8)[0], rel=1e-9)
     assert v[names.FID_CI_LOW] < v[names.FID_CI_HIGH]
-    for key in (names.PRECISION, names.RECALL, names.COVERAGE, names.MS_SSIM_DIVERSITY, names.MEMORIZATION_RATE,
-                names.MEMORIZATION_RATE_FEATURE):
-        assert 0.0 <= v[key] <= 1.0, key
-    assert v[names.DENSITY] >= 0
+    # The rest against their building blocks called directly on the same features (each block is checked against
+    # an independent reference in its own test file).
+    precision, recall = precision_recall(feats_real, feats_fake, suite.pr_k)
+    density, coverage = density_coverage(feats_real, feats_fake, suite.dc_k)
+    assert (v[names.PRECISION], v[names.RECALL]) == pytest.approx((precision, recall), rel=1e-6)
+    assert (v[names.DENSITY], v[names.COVERAGE]) == pytest.approx((density, coverage), rel=1e-6)
+    assert v[names.MEMORIZATION_RATE] == memorization(fake, train, real, quantile=suite.memorization_quantile).rate
+    assert v[names.MEMORIZATION_RATE_FEATURE] == pytest.approx(
+        memorization(feats_fake, feats_train, feats_real, quantile=suite.memorization_quantile).rate)
+    assert v[names.FD_DOMAIN] == pytest.approx(D.fd_domain(suite.encoders.get("domain", train), fake, real), rel=1e-6)
+    assert 0.0 <= v[names.MS_SSIM_DIVERSITY] <= 1.0
+    assert "cond_accuracy.skipped" in result.tags  # no conditions passed: skipped with its reason, not guessed
     assert result.tags["fid.dims"] == str(DIMS) and result.tags["fid.mode"] == "2d"
     assert result.artifacts["memorization"].top_pairs
     assert suite(fake, real, train=train).values == v  # seeded: the same call gives the same numbers
@@ -117,6 +128,13 @@ def test_reference_features_are_cached_on_disk_and_in_memory(torch_home, tmp_pat
 
     cold = make()(fake, real, ref_key="phantom2d/val")
     assert calls == [6, 8] and len(list(tmp_path.glob("*.npz"))) == 1
+    (entry,) = tmp_path.glob("*.npz")
+    assert set(np.load(entry)) == {"feat.2d"}  # 8 rows < 64 dims: FID goes low-rank, no covariance is stored
+    big = F.FeatureSet({"2d": torch.randn(70, 1, DIMS, dtype=torch.float64)})
+    arrays = big.to_arrays()
+    assert {"feat.2d", "mu.2d", "sigma.2d"} == set(arrays)  # >= dims rows: the full-rank route reads sigma
+    back = F.FeatureSet.from_arrays({"feat.2d": arrays["feat.2d"]})  # missing stats are computed on demand
+    torch.testing.assert_close(back.stats("2d")[1], torch.from_numpy(arrays["sigma.2d"]))
     warm = make()(fake, real, ref_key="phantom2d/val")  # a new process would start like this
     assert calls == [6, 8, 6]
     assert warm.values == cold.values
@@ -125,6 +143,13 @@ def test_reference_features_are_cached_on_disk_and_in_memory(torch_home, tmp_pat
     suite(fake, real, ref_key="phantom2d/val")
     suite(fake, real, ref_key="phantom2d/val")
     assert calls == [6, 8, 6, 6, 6]  # memory hit: no disk read needed either
+
+    final = suite.with_metrics(("fid", "kid"))  # the final evaluation after training: same network and features
+    assert final.metrics == ("fid", "kid") and suite.metrics == ("fid",)
+    assert final(fake, real, ref_key="phantom2d/val").values[names.FID] == cold.values[names.FID]
+    assert calls == [6, 8, 6, 6, 6, 6] and final.extractor() is suite.extractor()
+    with pytest.raises(ValueError, match="unknown"):
+        suite.with_metrics(("fid", "sharpness"))
 
     make()(fake, _images(8, 5), ref_key="phantom2d/val")  # same key, different content: recomputed, not reused
     assert calls[-1] == 8 and len(list(tmp_path.glob("*.npz"))) == 2

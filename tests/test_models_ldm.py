@@ -21,19 +21,10 @@ from synthmed.models import first_stage
 from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking.confighash import config_hash
-from tests.conftest import compose_train
+from tests.conftest import compose_train, save_run_folder
 from tests.test_contract import fit
 
 FAST = ["debug=smoke", "model.process.num_inference_steps=3"]
-
-
-def save_run_folder(folder: Path, cfg, trainer: pl.Trainer) -> Path:
-    """`<folder>/checkpoints/final.ckpt` + `<folder>/config/config.yaml`: what `synthmed train` records."""
-    ckpt = folder / "checkpoints" / "final.ckpt"
-    trainer.save_checkpoint(ckpt)
-    (folder / "config").mkdir(parents=True)
-    OmegaConf.save(cfg, folder / "config" / "config.yaml", resolve=True)
-    return ckpt
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from mlflow.tracking import MlflowClient
 import synthmed.train as train_module
 from synthmed.callbacks import rng
 from synthmed.data.datamodule import EpochSampler
-from synthmed.tracking import mlflow_utils as mt
 from tests.conftest import compose_train
 
 # 16 training images, batch 4: 4 steps per epoch; 7 steps cross an epoch boundary; the kill lands mid-epoch.
@@ -34,8 +33,8 @@ class SigtermAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _final_state(root) -> dict:
-    ckpt = torch.load(root / "outputs/job/checkpoints/final.ckpt", map_location="cpu", weights_only=True)
+def _final_state(root, job: str = "job") -> dict:
+    ckpt = torch.load(root / f"outputs/{job}/checkpoints/final.ckpt", map_location="cpu", weights_only=True)
     return ckpt["state_dict"]
 
 
@@ -62,7 +61,10 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, mlflow_template, monk
     assert killed.info.status == "KILLED"
     assert (root / "outputs/job/checkpoints/on_exception.ckpt").is_file()
 
-    resumed = train_module.train(compose_train(root, [*BASE, "resume=last"]))
+    # A new job folder, as a new Hydra invocation gets: the checkpoint is found through the run's tag only.
+    resume_cfg = compose_train(root, [*BASE, "resume=last"])
+    resume_cfg.paths.output_dir = str(root / "outputs" / "resumed")
+    resumed = train_module.train(resume_cfg)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     straight_client = MlflowClient(f"sqlite:///{straight_root}/mlflow.db")
@@ -71,11 +73,21 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, mlflow_template, monk
     expected = sorted(m.step for m in straight_client.get_metric_history(straight_run.info.run_id, "train/loss"))
     assert steps == expected  # one history, no gap and no step logged twice across the kill
 
-    a, b = _final_state(straight_root), _final_state(root)
+    a, b = _final_state(straight_root), _final_state(root, "resumed")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"{key} differs after resume")
     assert resumed == pytest.approx(straight, rel=0, abs=0)
+
+
+def test_a_new_run_refuses_a_folder_with_checkpoints_of_an_earlier_one(run_root):
+    ckpt_dir = run_root / "outputs" / "job" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "last.ckpt").write_bytes(b"an earlier run's state")
+    with pytest.raises(FileExistsError, match=r"earlier run \(last.ckpt\): continue it with resume="):
+        train_module.train(compose_train(run_root, BASE))
+    client = MlflowClient(f"sqlite:///{run_root}/mlflow.db")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []  # no run started
 
 
 def test_resume_refuses_a_different_config(run_root):

@@ -216,7 +216,9 @@ def test_translate_writes_marked_outputs_without_input_headers(trained, tmp_path
     out = nib.load(nifti)
     assert out.shape == (16, 16, 16)  # a 2D model translated the volume slice by slice
     assert out.header["descrip"].tobytes().startswith(b"SYNTHETIC") and b"SECRET" not in nifti.read_bytes()
-    assert -1000.0 <= out.get_fdata().min() and out.get_fdata().max() <= 1000.0  # HU, the target's window
+    hu = out.get_fdata()
+    assert -1000.0 <= hu.min() and hu.max() <= 1000.0  # inside the target's window ...
+    assert np.ptp(hu) > 2.0  # ... and in HU: outputs left in [-1, 1] units could not spread over more than 2
     side = json.loads(export.sidecar_path(nifti).read_text())
     assert side["input_name"] == "b_mr.nii.gz" and side["sample_index"] == 1 and side["synthetic"] is True
     assert side["run_id"] == run.info.run_id and side["model_family"] == "gan" and "SECRET" not in json.dumps(side)

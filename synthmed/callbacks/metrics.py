@@ -15,7 +15,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
-from synthmed.metrics.conditioning import balanced_requests, covariates
+from synthmed.data.datamodule import covariates
+from synthmed.metrics.conditioning import balanced_requests
 from synthmed.tracking.mlflow_utils import RunRef, mlflow_run
 from synthmed.viz import image_grid, save_png
 

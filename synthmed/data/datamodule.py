@@ -164,6 +164,13 @@ class GenerativeDataModule(pl.LightningDataModule):
 
     def images(self, split: str, n: int | None = None) -> torch.Tensor:
         """The first n images of a split stacked `[n, C, *spatial]` (reference sets for metrics)."""
+        return self._stack(split, n, "image")
+
+    def _stack(self, split: str, n: int | None, key: str) -> torch.Tensor:
+        """`key` of the first n items of a split, stacked; never augmented (a reference set must not be random)."""
         ds = self.split(split)
         count = len(ds) if n is None else min(n, len(ds))
-        return torch.stack([ds[i]["image"] for i in range(count)])
+        items = [ds.item(i, augment=False) if hasattr(ds, "item") else ds[i] for i in range(count)]
+        if items and key not in items[0]:
+            raise KeyError(f"items of split {split!r} have no {key!r}: a paired data set is needed")
+        return torch.stack([it[key] for it in items])

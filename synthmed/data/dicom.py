@@ -92,8 +92,7 @@ def find_series(root) -> list[tuple[str, ...]]:
         try:
             uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
                       .get("SeriesInstanceUID", ""))
-        except Exception:
-            uid = ""  # unreadable: its own group, so the pre-flight check names exactly this file
+        except Exception:  # unreadable: its own group, so the pre-flight check names exactly this file
             groups[f"unreadable:{path}"].append(path)
             continue
         groups[uid or f"folder:{os.path.dirname(path)}"].append(path)

@@ -139,10 +139,16 @@ class FileDataset(torch.utils.data.Dataset, ABC):
         return len(self._index)
 
     def __getitem__(self, i: int) -> dict:
-        """Item `i`: `image` `[C, H, W]` or `[C, H, W, D]` float32 in [-1, 1], `id`, optional `label`/`attrs`."""
+        return self.item(i)
+
+    def item(self, i: int, augment: bool = True) -> dict:
+        """Item `i`: `image` `[C, H, W]` or `[C, H, W, D]` float32 in [-1, 1], `id`, optional `label`/`attrs`.
+
+        `augment=False` leaves out the training split's random augmentation: reference images for metrics.
+        """
         rec_i, part = self._index[i]
         image = self._select(self.load(rec_i), part)
-        if self._augment is not None:
+        if augment and self._augment is not None:
             image = self._augment(image)
         record = self.records[rec_i]
         item = {"image": image.float().contiguous(), "id": self._item_id(rec_i, part)}
@@ -151,6 +157,16 @@ class FileDataset(torch.utils.data.Dataset, ABC):
         if record.attrs:
             item["attrs"] = dict(record.attrs)
         return item
+
+    def covariates(self) -> dict[str, np.ndarray]:
+        """Per-item `label` and each `attrs` key that every item has, `[n]` each, from the records alone (no image
+        is loaded)."""
+        records = [self.records[rec_i] for rec_i, _ in self._index]
+        out = {}
+        if records and all(r.label is not None for r in records):
+            out["label"] = np.array([r.label for r in records], dtype=np.int64)
+        shared = set.intersection(*(set(r.attrs) for r in records)) if records else set()
+        return out | {k: np.array([r.attrs[k] for r in records]) for k in sorted(shared)}
 
     def load(self, rec_i: int) -> torch.Tensor:
         """The preprocessed (cached) image of record `rec_i`, `[C, *spatial]` in [-1, 1], before augmentation."""

@@ -75,16 +75,26 @@ class MedMNISTDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        """Item `i`: `image` `[C, H, W]` / `[1, H, W, D]` in [-1, 1], `id`, and `label` for single-label files."""
+        return self.item(i)
+
+    def item(self, i: int, augment: bool = True) -> dict:
+        """Item `i`: `image` `[C, H, W]` / `[1, H, W, D]` in [-1, 1], `id`, and `label` for single-label files.
+
+        `augment=False` leaves out the training split's random augmentation: reference images for metrics.
+        """
         image = torch.from_numpy(self._to_channels(self.images[i]))
         if self._resize is not None:
             image = plain(self._resize(image)).clamp_(-1.0, 1.0)
-        if self._augment is not None:
+        if augment and self._augment is not None:
             image = self._augment(image)
         item = {"image": image.float().contiguous(), "id": f"{self.format_name}-{self.split}-{i:05d}"}
         if self.labels is not None:
             item["label"] = int(self.labels[i])
         return item
+
+    def covariates(self) -> dict[str, np.ndarray]:
+        """`{"label": [n]}` for single-label files, else `{}`; no image is decoded."""
+        return {} if self.labels is None else {"label": self.labels.copy()}
 
     def _to_channels(self, arr: np.ndarray) -> np.ndarray:
         """uint8 `[H, W(, D)]` or `[H, W, 3]` -> float32 `[C, ...]` in [-1, 1]."""

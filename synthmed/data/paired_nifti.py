@@ -52,13 +52,6 @@ class PairedDataModule(GenerativeDataModule):
         """The first n sources of a split `[n, C_src, *spatial]`."""
         return self._stack(split, n, "image")
 
-    def _stack(self, split: str, n: int | None, key: str) -> torch.Tensor:
-        ds = self.split(split)
-        count = len(ds) if n is None else min(n, len(ds))
-        if key not in ds[0]:
-            raise KeyError(f"items of split {split!r} have no {key!r}: a paired data set is needed")
-        return torch.stack([ds[i][key] for i in range(count)])
-
 
 class PairLoad(Transform):
     """`{"source": (source path, target path)}` -> `[2, *spatial]`: each side through its own volume chain, stacked
@@ -143,8 +136,8 @@ class PairedNiftiDataset(VolumeDataset):
                                             self.volume_index)
         return [PairLoad(chain(self.intensity_config), chain(self.target_config))]
 
-    def __getitem__(self, i: int) -> dict:
-        item = super().__getitem__(i)
+    def item(self, i: int, augment: bool = True) -> dict:
+        item = super().item(i, augment)
         pair = item.pop("image")
         return {"image": pair[:1].contiguous(), "target": pair[1:].contiguous(), **item}
 

@@ -8,6 +8,7 @@ of one subject can never leak from train into val or test.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -211,12 +212,20 @@ def _stamp(path: str, hash_contents: bool) -> str:
         st = os.stat(path)
     except FileNotFoundError:
         return "missing"
-    return f"{st.st_size}:{_file_sha256(path) if hash_contents else st.st_mtime_ns}"
+    return f"{st.st_size}:{file_sha256(path) if hash_contents else st.st_mtime_ns}"
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, cached per (path, size, mtime): the three splits of a data set (and the FID
+    weights of every evaluation) hash a file once per process, and a changed file is hashed again."""
+    st = os.stat(path)
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -61,12 +61,6 @@ def unit_to_native(x: np.ndarray, intensity: dict) -> np.ndarray:
     return lo + (np.clip(np.asarray(x, np.float64), -1.0, 1.0) + 1.0) * 0.5 * (hi - lo)
 
 
-def native_to_unit(x: np.ndarray, intensity: dict) -> np.ndarray:
-    """The forward mapping with the recorded bounds, clipped to [-1, 1] (tests and re-imports)."""
-    lo, hi = float(intensity["native_min"]), float(intensity["native_max"])
-    return np.clip((np.asarray(x, np.float64) - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
-
-
 class SelectVolume(Transform):
     """Keeps volume `index` of a 4D image loaded channel-first `[T, H, W, D]` -> `[1, H, W, D]`."""
 

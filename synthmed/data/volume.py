@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -52,7 +53,6 @@ class VolumeDataset(FileDataset):
         self.slice_range = None if slice_range is None else [float(s) for s in to_plain(slice_range)]
         self.skip_empty = skip_empty
         super().__init__(split, root, spatial_dims=spatial_dims, channels=channels, size=size, **kwargs)
-        self.geometry = self._geometry()
 
     def _check_args(self) -> None:
         if self.channels != 1:
@@ -133,8 +133,10 @@ class VolumeDataset(FileDataset):
     def _select(self, image: torch.Tensor, part: int | None) -> torch.Tensor:
         return image if part is None else image.select(1 + self.slice_axis, part)
 
-    def _geometry(self) -> dict:
-        """Reference geometry from the first usable volume (same for every split)."""
+    @cached_property
+    def geometry(self) -> dict:
+        """Reference geometry from the first usable volume (same for every split). Computed when first read (only
+        the training split's is, for exports): it decodes and resamples a whole volume."""
         img = Compose(self._pipeline())({"source": self.good_records[0].source})
         affine = np.asarray(img.affine, dtype=np.float64)
         shape = [int(s) for s in img.shape[1:]]

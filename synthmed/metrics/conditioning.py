@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from synthmed.data.datamodule import covariates  # noqa: F401 - re-exported: callers read covariates here
 from synthmed.metrics import names
 from synthmed.metrics.domain import ROLES, EncoderBank, targets_of
 

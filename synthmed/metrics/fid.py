@@ -141,18 +141,25 @@ class FeatureSet:
         return FeatureSet({p: f[index] for p, f in self.planes.items()})
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Arrays for the reference cache: features and their statistics per plane."""
+        """Arrays for the reference cache: features per plane, and their statistics where a distance can use them.
+
+        Below ``dims`` rows a plane's FID always takes the low-rank route (``_low_rank_route``), which reads the
+        features, not ``sigma``: storing the ``[dims, dims]`` covariance there would only cost 32 MiB per plane.
+        """
         out = {}
-        for plane in self.planes:
-            mu, sigma = self.stats(plane)
-            out[f"feat.{plane}"] = self.planes[plane].numpy()
-            out[f"mu.{plane}"], out[f"sigma.{plane}"] = mu.numpy(), sigma.numpy()
+        for plane, f in self.planes.items():
+            out[f"feat.{plane}"] = f.numpy()
+            if self.flat(plane).shape[0] >= f.shape[-1]:
+                mu, sigma = self.stats(plane)
+                out[f"mu.{plane}"], out[f"sigma.{plane}"] = mu.numpy(), sigma.numpy()
         return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FeatureSet:
+        """The inverse of ``to_arrays``; statistics that were not stored are computed when first needed."""
         planes = {k[5:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("feat.")}
-        stats = {p: (torch.from_numpy(arrays[f"mu.{p}"]), torch.from_numpy(arrays[f"sigma.{p}"])) for p in planes}
+        stats = {p: (torch.from_numpy(arrays[f"mu.{p}"]), torch.from_numpy(arrays[f"sigma.{p}"]))
+                 for p in planes if f"sigma.{p}" in arrays}
         return cls(planes, stats)
 
 

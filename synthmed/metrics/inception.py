@@ -7,8 +7,6 @@ architecture and numbers as ``python -m pytorch_fid``, but nothing is ever downl
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import os
 import threading
@@ -20,6 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import synthmed
+from synthmed.data.splits import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +53,8 @@ def resolve_weights(weights: str | os.PathLike | None = None) -> Path:
 
 
 def weights_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a weights file, cached per (path, size, mtime) since hashing ~100 MB costs ~0.3 s."""
-    st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a weights file (cached per path, size and mtime: hashing ~100 MB costs ~0.3 s)."""
+    return file_sha256(path)
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:

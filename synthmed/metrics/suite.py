@@ -8,6 +8,7 @@ names the file and folder expected, ``tags["fid.skipped"]`` holds the reason, an
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,9 +83,7 @@ class MetricSuite:
                  max_slices: int | None = None, progress: bool = False, domain_channels: Sequence[int] = (8, 16, 32),
                  domain_steps: int = 400, domain_batch_size: int = 32, domain_lr: float = 5e-3, domain_seed: int = 0,
                  cond_age_bins: Sequence[float] = (20, 45, 70, 90)):
-        unknown = sorted(set(metrics) - set(METRICS))
-        if unknown:
-            raise ValueError(f"metrics: unknown {unknown}; valid names are {list(METRICS)}")
+        _check_names(metrics)
         _require(fid_dims in VALID_DIMS, f"fid_dims must be one of {VALID_DIMS}, got {fid_dims}")
         _require(min_samples >= 2, f"min_samples must be >= 2 (a covariance needs two samples), got {min_samples}")
         _require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
@@ -110,6 +109,14 @@ class MetricSuite:
         settings = D.EncoderSettings(tuple(domain_channels), domain_steps, domain_batch_size, domain_lr, domain_seed)
         self.encoders = D.EncoderBank(settings, cache_dir, device)
         self.cond_age_bins = tuple(bins)
+
+    def with_metrics(self, metrics: Sequence[str]) -> MetricSuite:
+        """The same suite computing `metrics` instead: it shares the loaded Inception network, the reference
+        features already extracted and the in-domain encoders (the final evaluation after training)."""
+        _check_names(metrics)
+        other = copy.copy(self)
+        other.metrics = tuple(dict.fromkeys(metrics))
+        return other
 
     @property
     def needs_train(self) -> bool:
@@ -260,6 +267,12 @@ class MetricSuite:
             ft = memorization(fake_fs.per_sample(), train_fs.per_sample(), real_fs.per_sample(), quantile=q)
             result.values[names.MEMORIZATION_RATE_FEATURE] = ft.rate
             result.artifacts["memorization_feature"] = ft
+
+
+def _check_names(metrics: Sequence[str]) -> None:
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"metrics: unknown {unknown}; valid names are {list(METRICS)}")
 
 
 def _require(ok: bool, message: str) -> None:

@@ -120,6 +120,12 @@ class GenerativeModule(pl.LightningModule, ABC):
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Manual optimization (GAN, pix2pix, adversarial VAE): Lightning does not clip, so the families' clipping
+        # happens here, where gradients are already unscaled under AMP. Automatic optimization clips by itself.
+        if not self.automatic_optimization:
+            self.configure_gradient_clipping(optimizer)
+
     # ---- sampling --------------------------------------------------------------------------------------------
     @staticmethod
     def per_sample_generators(n: int, generator: torch.Generator | None = None,

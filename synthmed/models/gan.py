@@ -87,10 +87,6 @@ class GANModule(GenerativeModule):
         return [self.optimizer_factory(self.generator.parameters()),
                 self.optimizer_d_factory(self.discriminator.parameters())]
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # Manual optimization: Lightning does not clip; here gradients are already unscaled under AMP.
-        self.configure_gradient_clipping(optimizer)
-
     def _aug(self, x: Tensor) -> Tensor:
         return self.augment(x) if self.augment is not None else x
 

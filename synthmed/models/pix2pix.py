@@ -168,9 +168,6 @@ class Pix2PixModule(Translator):
         return [self.optimizer_factory(self.generator.parameters()),
                 self.optimizer_d_factory(self.discriminator.parameters())]
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        self.configure_gradient_clipping(optimizer)  # manual optimization: Lightning does not clip by itself
-
     def _score(self, source: Tensor, image: Tensor) -> Tensor:
         return self.discriminator(torch.cat([source, image], dim=1))[-1]
 
@@ -193,6 +190,11 @@ class Pix2PixModule(Translator):
         self.log(names.TRAIN_LOSS_G, loss_g, prog_bar=True, batch_size=n)
         self.log(names.TRAIN_LOSS_D, loss_d, prog_bar=True, batch_size=n)
         self.log(names.TRAIN_LOSS_RECON, loss_l1, batch_size=n)
+
+    def noise_shape(self) -> tuple[int, ...]:
+        """pix2pix reads no noise (its output is a function of the source): one number per sample, only for the
+        device and dtype, instead of an image-sized draw per sample."""
+        return (1,)
 
     def generate(self, noise: Tensor, cond: dict | None = None,
                  generators: list[torch.Generator] | None = None) -> Tensor:

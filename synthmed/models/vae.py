@@ -117,10 +117,6 @@ class VAEModule(GenerativeModule):
             opts.append(self.optimizer_d_factory(self.discriminator.parameters()))
         return opts
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # Manual optimization: Lightning does not clip; here gradients are already unscaled under AMP.
-        self.configure_gradient_clipping(optimizer)
-
     def _losses(self, x: Tensor, recon: Tensor, mu: Tensor, sigma: Tensor) -> dict[str, Tensor]:
         out = {names.TRAIN_LOSS_RECON: RECON_LOSSES[self.hparams.recon_loss](recon.float(), x.float()),
                names.TRAIN_LOSS_KL: kl_divergence(mu, sigma)}

@@ -16,14 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import MLFlowLogger
 
 import synthmed
+
+if TYPE_CHECKING:  # Lightning costs ~3 s to import: compare, reproduce --pin/--dry-run and records never need it
+    from pytorch_lightning.loggers import MLFlowLogger
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 TAG_HASH = "synthmed.config_hash"
@@ -150,6 +152,8 @@ class RunRef:
 
 def mlflow_run(trainer) -> RunRef | None:
     """The trainer's MLflow run, or None when it has no MLFlowLogger (e.g. a bare test trainer)."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
     for logger in trainer.loggers:
         if isinstance(logger, MLFlowLogger):
             return RunRef(logger.experiment, logger.run_id)

@@ -47,3 +47,21 @@ def restore(client: MlflowClient, ref: str, cache: Path, checkpoint: str = "fina
     except Exception:  # runs recorded before data/dataset.json existed: export in [-1, 1] units
         dataset = {"name": cfg.dataset.name, "intensity": {}, "geometry": None}
     return Restored(run, cfg, model.eval(), dataset, int(ckpt.get("global_step", 0)))
+
+
+def restore_for_sampling(cfg: DictConfig) -> tuple[MlflowClient, Restored]:
+    """What `synthmed sample|evaluate|translate` start from: run `cfg.run` of the store `cfg.tracking_uri` /
+    `cfg.paths.root`, restored from `cfg.checkpoint`, on `cfg.device`, sampling `cfg.batch_size` at a time."""
+    client = MlflowClient(mt.tracking_uri(cfg.tracking_uri, cfg.paths.root))
+    restored = restore(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
+    restored.model.to(cfg.device)
+    restored.model.sample_batch_size = cfg.batch_size
+    return client, restored
+
+
+def provenance(restored: Restored, seed: int) -> dict:
+    """The sidecar fields that tie an exported image to its run: run id, config hash, seed, model, data set."""
+    tags = restored.run.data.tags
+    return {"run_id": restored.run.info.run_id, "config_hash": tags.get(mt.TAG_HASH, ""), "seed": seed,
+            "model_family": tags.get(mt.TAG_FAMILY, restored.model.family), "model": restored.cfg.model.name,
+            "dataset": restored.dataset.get("name")}
