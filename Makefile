@@ -6,7 +6,7 @@ ROOT   ?= $(CURDIR)
 PORT   ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast bench ui clean
+.PHONY: help venv test-setup demo test test-fast bench ui clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,10 +22,19 @@ venv: $(VENV)/.installed  ## create .venv and install synthmed with dev extras
 demo: venv  ## train a small DDPM on the built-in phantom data (CPU, a few minutes), log it to MLflow
 	$(VENV)/bin/synthmed train experiment=demo paths.root=$(ROOT)
 
-test: venv  ## run the whole test suite (what CI runs)
+# Browser tests drive Debian's chromium through the playwright package (its own browser download cannot work
+# offline). Idempotent: apt runs only when the binary is missing; needs root (as in CI) or sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+/usr/bin/chromium:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+
+test-setup: venv /usr/bin/chromium  ## what the tests need on a fresh machine: venv, dev extras, chromium
+
+test: test-setup  ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-fast: venv  ## the fast tier only (skips tests marked slow)
+test-fast: test-setup  ## the fast tier only (skips tests marked slow)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: venv  ## benchmarks: side-by-side ratios against a plain PyTorch loop / pytorch-fid

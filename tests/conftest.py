@@ -81,3 +81,25 @@ def torch_home(weights_home, monkeypatch):
     """Point TORCH_HOME at `weights_home` for one test."""
     monkeypatch.setenv("TORCH_HOME", str(weights_home))
     return weights_home
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, installed by `make test-setup`; Playwright's download cannot work offline
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Debian Chromium driven by Playwright (sync API), shared by the browser tests of one session.
+
+    Pages are opened per test with `chromium.new_page()`; nothing is fetched from the network.
+    """
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.is_file():
+        raise RuntimeError(f"{CHROMIUM} is missing: run `make test-setup` (apt-get install chromium)")
+    with sync_playwright() as pw:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
