@@ -6,7 +6,7 @@ ROOT   ?= $(CURDIR)
 PORT   ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test-setup demo test test-fast bench ui clean
+.PHONY: help venv test-setup lint demo test test-fast bench ui clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,7 +31,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 test-setup: venv /usr/bin/chromium  ## what the tests need on a fresh machine: venv, dev extras, chromium
 
-test: test-setup  ## run the whole test suite (what CI runs)
+lint: venv  ## layer contracts (import-linter) and ruff lint
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check synthmed tests benchmarks experiments
+
+test: test-setup lint  ## lint, then the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
 test-fast: test-setup  ## the fast tier only (skips tests marked slow)

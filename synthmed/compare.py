@@ -26,15 +26,15 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from synthmed.config import register_resolvers
+from synthmed.io import atomic_write
+from synthmed.metrics.directions import direction
+from synthmed.reports import comparison as R
 from synthmed.tracking import mlflow_utils as mt
-from synthmed.tracking import report as R
+from synthmed.tracking import tags as tk
 from synthmed.tracking.confighash import canonical_json, semantic_config, short_hash
-from synthmed.tracking.directions import direction
-from synthmed.tracking.records import TAG_REPRODUCES
 from synthmed.tracking.runinfo import final_grid, final_metrics, key_rank, recorded_config
 from synthmed.tracking.sweep import experiment_id
 
-TAG_REPORT = "synthmed.report"
 OPTIONS = {"experiment": None, "runs": None, "out": None, "paths.root": None, "tracking_uri": None,
            "include_unfinished": "false", "include_parents": "false", "log": "true"}
 USAGE = ("usage: synthmed compare experiment=<name> [runs=<id|hash>,...] [out=DIR] [paths.root=DIR] "
@@ -53,7 +53,7 @@ class Entry:
 
     @property
     def model(self) -> str:
-        return self.run.data.tags.get(mt.TAG_MODEL, "?")
+        return self.run.data.tags.get(tk.MODEL, "?")
 
 
 @dataclass
@@ -103,13 +103,13 @@ def select_runs(client: MlflowClient, opts: dict) -> tuple[list[Run], list[str]]
     kept, skipped = [], []
     for run in runs:
         tags, name = run.data.tags, run.info.run_name
-        if TAG_REPORT in tags:
+        if tk.REPORT in tags:
             skipped.append(f"{name}: a report")
-        elif TAG_REPRODUCES in tags:  # a second measurement of one run would shrink the std
-            skipped.append(f"{name}: a reproduction of {tags[TAG_REPRODUCES]}")
-        elif mt.TAG_EVALUATES in tags and not opts["runs"]:  # likewise, and maybe under other settings (guidance)
-            skipped.append(f"{name}: an evaluation of {tags[mt.TAG_EVALUATES]} (list it in runs= to report it)")
-        elif tags.get("synthmed.sweep") == "parent" and not truthy(opts["include_parents"]):
+        elif tk.REPRODUCES in tags:  # a second measurement of one run would shrink the std
+            skipped.append(f"{name}: a reproduction of {tags[tk.REPRODUCES]}")
+        elif tk.EVALUATES in tags and not opts["runs"]:  # likewise, and maybe under other settings (guidance)
+            skipped.append(f"{name}: an evaluation of {tags[tk.EVALUATES]} (list it in runs= to report it)")
+        elif tags.get(tk.SWEEP) == "parent" and not truthy(opts["include_parents"]):
             skipped.append(f"{name}: parent sweep run (include_parents=true to keep)")
         elif run.info.status != "FINISHED" and not truthy(opts["include_unfinished"]):
             skipped.append(f"{name}: {run.info.status} (include_unfinished=true to keep)")
@@ -139,7 +139,7 @@ def group_entries(entries: list[Entry]) -> list[Group]:
     """Groups in first-seen order, labelled by the config keys that tell runs of one model apart."""
     drop = seed_keys(entries)
     for e in entries:
-        kept = {k: v for k, v in e.flat.items() if k not in drop} | {"synthmed.model": e.model}
+        kept = {k: v for k, v in e.flat.items() if k not in drop} | {tk.MODEL: e.model}
         e.group = short_hash(hashlib.sha256(canonical_json(kept).encode()).hexdigest())
     groups: dict[str, Group] = {}
     for e in entries:
@@ -204,12 +204,8 @@ def grids(client: MlflowClient, groups: list[Group], out: Path) -> list[tuple[Gr
 def log_report(client: MlflowClient, exp_id: str, out: Path, runs: list[Run]) -> str:
     """A new FINISHED run in the experiment holding the report under `report/`."""
     ids = ",".join(r.info.run_id for r in runs)
-    run = client.create_run(exp_id, run_name=f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
-                            tags={TAG_REPORT: "compare", "synthmed.compare.n_runs": str(len(runs)),
-                                  "synthmed.compare.runs": ids if len(ids) < 5000 else ids[:4990] + ",..."})
-    client.log_artifacts(run.info.run_id, str(out), "report")
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    tags = {tk.COMPARE_N_RUNS: str(len(runs)), tk.COMPARE_RUNS: ids if len(ids) < 5000 else ids[:4990] + ",..."}
+    return mt.report_run(client, exp_id, "compare", out, f"compare-{time.strftime('%Y%m%d-%H%M%S')}", tags)
 
 
 def compare(opts: dict) -> dict:
@@ -228,9 +224,9 @@ def compare(opts: dict) -> dict:
     columns = metric_columns(e for g in groups for e in g.entries)
     doc = R.Report(exp_name, client.tracking_uri, groups, columns, curves(client, groups, out),
                    grids(client, groups, out), skipped)
-    (out / "report.md").write_text(R.markdown(doc, out))
-    (out / "report.html").write_text(R.html(doc))
-    (out / "report.json").write_text(json.dumps(R.as_dict(doc), indent=2) + "\n")
+    atomic_write(out / "report.md", R.markdown(doc, out))
+    atomic_write(out / "report.html", R.html(doc))
+    atomic_write(out / "report.json", json.dumps(R.as_dict(doc), indent=2) + "\n")
     result = {"out": str(out), "markdown": str(out / "report.md"), "html": str(out / "report.html"),
               "table": R.as_dict(doc)["table"], "table_markdown": R.main_table(doc), "report_run_id": None}
     if truthy(opts["log"]):

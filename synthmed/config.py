@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from synthmed.metrics import names
 
-# conf/ sits beside the package in the source tree (synthmed is installed in editable mode).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def _conf_dir() -> Path:
+    """conf/ stays at the top of the source tree and ships inside the wheel as the package `synthmed.conf`
+    (pyproject.toml maps it), found through importlib.resources. A source checkout's own conf/ wins, so a checkout
+    run with PYTHONPATH beside another installed synthmed uses its own configs."""
+    checkout = Path(__file__).resolve().parents[1] / "conf"
+    if (checkout / "train.yaml").is_file() and (checkout.parent / "pyproject.toml").is_file():
+        return checkout
+    return Path(str(resources.files("synthmed.conf")))
+
+
+CONF_DIR = _conf_dir()
 
 # Only these packages may be named by a `_target_`: a config file is data, and data must not be able to run
 # arbitrary callables (e.g. `os.system`) through Hydra's instantiate.

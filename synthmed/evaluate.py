@@ -9,21 +9,21 @@ import hydra
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from synthmed.callbacks.metrics import Evaluation, evaluate_generation, log_result, record
 from synthmed.config import CONF_DIR, instantiate, register_resolvers
+from synthmed.evaluation.step import Evaluation, evaluate_generation, record
 from synthmed.models.conditioning import set_guidance
 from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import tags as tk
 from synthmed.tracking.restore import restore_for_sampling
+from synthmed.tracking.results import log_result
 
 
 def target_run(client: MlflowClient, run, child: bool) -> mt.RunRef:
     """The trained run itself, or a new child of it (`mlflow.parentRunId`) named `<run name>-eval`."""
     if not child:
         return mt.RunRef(client, run.info.run_id)
-    tags = {k: v for k, v in run.data.tags.items() if k.startswith("synthmed.") and ".fid." not in k}
-    tags |= {"mlflow.parentRunId": run.info.run_id, mt.TAG_EVALUATES: run.info.run_id}
-    child_run = client.create_run(run.info.experiment_id, run_name=f"{run.info.run_name}-eval", tags=tags)
-    return mt.RunRef(client, child_run.info.run_id)
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(tk.PREFIX) and ".fid." not in k}
+    return mt.child_run(client, run, f"{run.info.run_name}-eval", tags | {tk.EVALUATES: run.info.run_id})
 
 
 def evaluate(cfg: DictConfig) -> Evaluation:
@@ -37,8 +37,6 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     guidance = set_guidance(model, cfg.get("guidance_scale"))
     # The real reference comes from the recorded data config (the phantoms regenerate; files must still exist).
     datamodule = instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule")
-    if hasattr(model, "attach_sources"):  # translators translate the reference split's source images
-        model.attach_sources(datamodule)
     suite = instantiate(cfg.metrics, "metrics")
     evaluation = evaluate_generation(model, datamodule, suite, cfg.n_samples, cfg.seed, cfg.split, cfg.n_real)
     out = target_run(client, restored.run, cfg.child_run)
@@ -48,7 +46,7 @@ def evaluate(cfg: DictConfig) -> Evaluation:
         meta = {"seed": cfg.seed, "split": cfg.split, "checkpoint": cfg.checkpoint, "evaluated_run": cfg.run}
         if guidance is not None:
             meta["guidance_scale"] = guidance
-            out.client.set_tag(out.run_id, mt.TAG_EVAL_GUIDANCE, str(guidance))
+            mt.set_tags(client, out.run_id, {tk.EVAL_GUIDANCE: guidance})
         mt.log_json(client, out.run_id, record(evaluation, restored.step, **meta), "metrics/eval.json")
     print(json.dumps({"run_id": out.run_id, "metrics": evaluation.result.values}, indent=2), flush=True)
     return evaluation

@@ -22,11 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from synthmed.config import CONF_DIR, register_resolvers
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import records
+from synthmed.tracking import tags as tk
 from synthmed.tracking.confighash import config_hash, short_hash
 from synthmed.tracking.runinfo import final_metrics
-
-TAG_REPRODUCES = records.TAG_REPRODUCES
-TAG_VERDICT = "synthmed.reproduce.verdict"
 
 
 class Refused(Exception):
@@ -41,14 +39,14 @@ class TrainingFailed(Exception):
 class Outcome:
     """What `reproduce` found: the record, the new run and one (key, recorded, reproduced, rel. diff, ok) per metric."""
 
-    record: records.Record
+    record: records.RecordedResult
     run_id: str | None = None
     rows: list[tuple[str, float, float | None, float | None, bool]] = field(default_factory=list)
     env: list[tuple[str, str, str]] = field(default_factory=list)
     passed: bool = False
 
 
-def find_record(client: MlflowClient, ref: str, study_roots: list[Path]) -> records.Record:
+def find_record(client: MlflowClient, ref: str, study_roots: list[Path]) -> records.RecordedResult:
     """The MLflow run with id/hash `ref`, else the pinned-study entry with that hash."""
     try:
         return records.from_mlflow(client, ref)
@@ -92,7 +90,7 @@ def relocate(cfg: DictConfig, root: Path, uri: str) -> DictConfig:
     return OmegaConf.create(data)
 
 
-def check(record: records.Record, cfg: DictConfig) -> None:
+def check(record: records.RecordedResult, cfg: DictConfig) -> None:
     """Refuse before training when the run would not be the recorded configuration."""
     recorded = config_hash(record.cfg)
     if record.config_hash and recorded != record.config_hash:
@@ -128,7 +126,7 @@ def compare_metrics(recorded: dict[str, float], reproduced: dict[str, float], to
 def new_run(client: MlflowClient, cfg: DictConfig, full_hash: str, since_ms: int, original: str | None):
     """The run `train()` just created: same hash, started after `since_ms`, not the original."""
     exp = client.get_experiment_by_name(str(cfg.experiment_name))
-    runs = client.search_runs([exp.experiment_id], f"tags.`{mt.TAG_HASH}` = '{full_hash}' and "
+    runs = client.search_runs([exp.experiment_id], f"tags.`{tk.CONFIG_HASH}` = '{full_hash}' and "
                               f"attributes.start_time >= {since_ms}", order_by=["attributes.start_time DESC"])
     return next((r for r in runs if r.info.run_id != original), None)
 
@@ -158,7 +156,8 @@ def reproduce(ref: str, root: Path, tolerance: float = 1e-6, uri: str | None = N
         run = new_run(client, cfg, record.config_hash, since, record.run_id)
         if run is not None:
             outcome.run_id = run.info.run_id
-            client.set_tag(run.info.run_id, TAG_REPRODUCES, record.run_id or f"{record.source}#{record.config_hash}")
+            mt.set_tags(client, run.info.run_id,
+                        {tk.REPRODUCES: record.run_id or f"{record.source}#{record.config_hash}"})
     if outcome.run_id is None:
         raise TrainingFailed(f"the re-run finished, but no new run of {short_hash(record.config_hash)} is in "
                              f"{client.tracking_uri}")
@@ -171,7 +170,7 @@ def judge(client: MlflowClient, outcome: Outcome, tolerance: float) -> None:
     rec = outcome.record
     outcome.rows = compare_metrics(rec.metrics, final_metrics(client, client.get_run(outcome.run_id), True), tolerance)
     outcome.passed = bool(outcome.rows) and all(row[4] for row in outcome.rows)
-    client.set_tag(outcome.run_id, TAG_VERDICT, "pass" if outcome.passed else "fail")
+    mt.set_tags(client, outcome.run_id, {tk.REPRODUCE_VERDICT: "pass" if outcome.passed else "fail"})
     mt.log_json(client, outcome.run_id, {"tolerance": tolerance, "source": rec.source, "passed": outcome.passed,
                                          "metrics": outcome.rows, "env_diff": outcome.env,
                                          "git_sha": {"recorded": rec.git_sha, "current": mt.git_sha()}},
@@ -208,7 +207,7 @@ def print_verdict(outcome: Outcome, tolerance: float) -> None:
         lines.append(f"{key:<32} {a:>20.12g} {got:>20} {diff:>10}  {'ok' if ok else 'FAIL'}")
     verdict = "PASS" if outcome.passed else "FAIL"
     lines.append(f"\n{verdict}: {sum(r[4] for r in outcome.rows)}/{len(outcome.rows)} metrics within a relative "
-                 f"tolerance of {tolerance:g}; new run {outcome.run_id} ({TAG_REPRODUCES}="
+                 f"tolerance of {tolerance:g}; new run {outcome.run_id} ({tk.REPRODUCES}="
                  f"{outcome.record.run_id or outcome.record.source})")
     print("\n".join(lines), flush=True)
 

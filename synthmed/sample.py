@@ -48,7 +48,7 @@ def sample(cfg: DictConfig) -> list[Path]:
     out = Path(cfg.out)
     spec = OmegaConf.to_container(cfg.cond, resolve=True) if cfg.get("cond") else {}
     cond = requested(spec.get("label"), spec.get("attrs"), cfg.n, cfg.seed)
-    check_request(getattr(model, "conditioning", None), cond)  # before anything is written
+    check_request(model.conditioning, cond)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     with tqdm(total=cfg.n, desc="sampling", unit="img") as bar:

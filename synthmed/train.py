@@ -13,12 +13,15 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from synthmed.callbacks.metrics import evaluate_generation, log_result, record
 from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
+from synthmed.evaluation.step import evaluate_generation, record
 from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import tags as tk
 from synthmed.tracking.confighash import config_hash, short_hash
-from synthmed.tracking.resume import TAG_CHECKPOINT_DIR, find_resume
-from synthmed.tracking.sweep import job_overrides
+from synthmed.tracking.first_stage import build_model
+from synthmed.tracking.results import log_result
+from synthmed.tracking.resume import find_resume
+from synthmed.tracking.sweep import in_multirun, job_overrides
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +64,10 @@ def refuse_stale_checkpoints(folder: Path) -> None:
                               f"paths.output_dir")
 
 
-def final_metrics(cfg: DictConfig, model) -> list[str]:
+def final_metric_names(cfg: DictConfig, model) -> list[str]:
     """`eval.metrics`, plus `eval.cond_metrics` for a model trained with `model.cond` (only a conditional model
     can be asked for what it generates)."""
-    conditioning = getattr(model, "conditioning", None)
-    extra = list(cfg.eval.get("cond_metrics") or []) if conditioning is not None and conditioning.enabled else []
+    extra = list(cfg.eval.get("cond_metrics") or []) if model.is_conditional else []
     return list(cfg.eval.metrics) + [m for m in extra if m not in cfg.eval.metrics]
 
 
@@ -83,7 +85,7 @@ def record_final(run: mt.RunRef, trainer: pl.Trainer, evaluation, cfg: DictConfi
     log_result(run, evaluation, trainer.global_step)
     meta = {"seed": cfg.eval.seed, "split": cfg.eval.split}
     mt.log_json(run.client, run.run_id, record(evaluation, trainer.global_step, **meta), "metrics/final.json")
-    run.client.log_artifact(run.run_id, str(ckpt), "checkpoints")
+    mt.log_file(run, ckpt, "checkpoints")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -91,7 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_targets(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
-    model = instantiate(cfg.model, "model")
+    model, link_tags = build_model(cfg, in_multirun())  # before the hash: it covers an ldm's first stage
     if cfg.get("compile"):
         log.info("torch.compile: %s", model.compile_networks())
     suite = instantiate(cfg.metrics, "metrics")
@@ -106,13 +108,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             record_start(run, logger, cfg, datamodule)
         else:
             run.client.update_run(run.run_id, status="RUNNING")
-        run.client.set_tag(run.run_id, TAG_CHECKPOINT_DIR, str(Path(cfg.paths.output_dir) / "checkpoints"))
+        mt.set_tags(run.client, run.run_id, {tk.CHECKPOINT_DIR: Path(cfg.paths.output_dir) / "checkpoints", **link_tags})
         trainer = pl.Trainer(**cfg.trainer, **cfg.hardware, callbacks=build_callbacks(cfg.callbacks, suite),
                              logger=logger, default_root_dir=cfg.paths.output_dir)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
         evaluation = None
         if trainer.is_global_zero:  # one rank scores the samples: each counted once, as on one device
-            final_suite = suite.with_metrics(final_metrics(cfg, model))  # Inception and features loaded once
+            final_suite = suite.with_metrics(final_metric_names(cfg, model))  # Inception and features loaded once
             evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
                                              cfg.eval.split, cfg.eval.n_real)
         record_final(run, trainer, evaluation, cfg)

@@ -98,7 +98,7 @@ def translate(cfg: DictConfig) -> list[Path]:
                          f"'{cfg.format}', '{cfg.geometry}'")
     _, restored = restore_for_sampling(cfg)
     model = restored.model
-    if not getattr(model, "requires_source", False):
+    if not model.requires_source:
         raise ValueError(f"run {cfg.run} is a '{restored.cfg.model.name}' model, not a translator (pix2pix, cond_ddpm)")
     restored.dataset["target_intensity"] = target_intensity(restored)
     base = provenance(restored, cfg.seed) | {"task": "translation"}

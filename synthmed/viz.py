@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
+
+from synthmed.io import atomic_path
 
 
 def central_planes(volumes: Tensor) -> Tensor:
@@ -47,9 +48,6 @@ def image_grid(images: Tensor, nrow: int | None = None) -> np.ndarray:
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write a uint8 picture atomically (temp file + rename): a half-written grid is never left behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+    return Path(path)

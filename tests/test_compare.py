@@ -12,7 +12,7 @@ from PIL import Image
 
 from synthmed import compare as C
 from synthmed.metrics import names
-from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import tags as tk
 from synthmed.tracking.runinfo import final_metrics
 from synthmed.train import train
 from tests.conftest import compose_train
@@ -35,9 +35,9 @@ def store(tmp_path_factory, mlflow_template):
     exp = client.get_experiment_by_name("phantom2d").experiment_id
     parent = client.create_run(exp, run_name="sweep-x", tags={"synthmed.sweep": "parent"})
     client.set_terminated(parent.info.run_id, "FINISHED")
-    evaluation = client.create_run(exp, run_name="ddpm-eval", tags={mt.TAG_MODEL: "ddpm", mt.TAG_EVALUATES: "x"})
+    evaluation = client.create_run(exp, run_name="ddpm-eval", tags={tk.MODEL: "ddpm", tk.EVALUATES: "x"})
     client.set_terminated(evaluation.info.run_id, "FINISHED")
-    failed = client.create_run(exp, run_name="ddpm-failed", tags={mt.TAG_MODEL: "ddpm"})
+    failed = client.create_run(exp, run_name="ddpm-failed", tags={tk.MODEL: "ddpm"})
     client.log_metric(failed.info.run_id, names.TRAIN_LOSS, 1.0, step=0)
     client.set_terminated(failed.info.run_id, "FAILED")
     return root, client
@@ -120,7 +120,7 @@ def test_report_is_logged_to_a_tagged_run_and_not_compared_again(store, report, 
     root, client = store
     result, _ = report
     logged = client.get_run(result["report_run_id"])
-    assert logged.data.tags[C.TAG_REPORT] == "compare" and logged.info.status == "FINISHED"
+    assert logged.data.tags[tk.REPORT] == "compare" and logged.info.status == "FINISHED"
     assert client.get_experiment(logged.info.experiment_id).name == "phantom2d"
     files = {a.path for a in client.list_artifacts(logged.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/report.json", "report/grids"} <= files
@@ -134,7 +134,7 @@ def test_runs_can_be_picked_by_id_or_config_hash(store, report, tmp_path):
     result, _ = report
     ddpm = next(r for r in result["table"] if r["model"] == "ddpm")["runs"][0]
     gan = next(r for r in result["table"] if r["model"] == "gan")["runs"][0]
-    gan_hash = client.get_run(gan).data.tags[mt.TAG_HASH][:12]
+    gan_hash = client.get_run(gan).data.tags[tk.CONFIG_HASH][:12]
     picked = C.compare(opts(root, out=str(tmp_path), runs=f"{ddpm},{gan_hash}"))
     assert sorted(r["runs"][0] for r in picked["table"]) == sorted([ddpm, gan])
 
@@ -151,7 +151,7 @@ def test_command_line(store, tmp_path, capsys):
 
 class _Run:  # the parts of an MLflow Run that grouping reads
     def __init__(self, model):
-        self.data = type("D", (), {"tags": {mt.TAG_MODEL: model}})()
+        self.data = type("D", (), {"tags": {tk.MODEL: model}})()
 
 
 @pytest.mark.parametrize("data_seed", ["0", "7"])

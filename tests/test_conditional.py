@@ -9,6 +9,7 @@ import torch
 from synthmed.config import instantiate
 from synthmed.metrics import names
 from synthmed.models.conditioning import NULL_FILL, Conditioning, guided, set_guidance
+from synthmed.tracking import tags as tk
 from synthmed.train import train
 from tests.conftest import compose_train
 from tests.test_contract import fit
@@ -87,13 +88,11 @@ CONDITIONAL = [("ddpm", "label"), ("ddpm", "attrs"), ("ddpm", "both"), ("ldm", "
 
 
 def build_conditional(tmp_path, family: str, mode: str):
-    from tests.test_contract import prerequisites
+    from tests.test_contract import build, prerequisites
 
-    fast = ["model.process.num_inference_steps=3"] if family in ("ddpm", "ldm") else []
-    cfg = compose_train(tmp_path, [f"model={family}", "debug=smoke", f"model.cond={mode}", *fast,
-                                   *prerequisites(tmp_path, family, "phantom2d")])
-    pl.seed_everything(0)
-    return instantiate(cfg.dataset.datamodule, "dataset.datamodule"), instantiate(cfg.model, "model")
+    stages = prerequisites(tmp_path, family, "phantom2d")
+    _, datamodule, model = build(tmp_path, family, "phantom2d", [f"model.cond={mode}", *stages])
+    return datamodule, model
 
 
 @pytest.mark.parametrize("family,mode", CONDITIONAL)
@@ -201,8 +200,8 @@ def test_evaluate_at_another_guidance_scale_goes_to_a_child_run(run_root):
     # The child carries the trained run's config hash, yet a hash still finds the trained run (sample, reproduce).
     from synthmed.tracking import mlflow_utils as mt
 
-    config_hash = child.data.tags[mt.TAG_HASH]
-    assert config_hash == client.get_run(run_id).data.tags[mt.TAG_HASH]
+    config_hash = child.data.tags[tk.CONFIG_HASH]
+    assert config_hash == client.get_run(run_id).data.tags[tk.CONFIG_HASH]
     assert mt.find_run(client, config_hash[:8]).info.run_id == run_id
 
 

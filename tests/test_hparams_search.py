@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from synthmed.config import CONF_DIR
 from synthmed.metrics import names
-from synthmed.tracking.directions import direction
+from synthmed.metrics.directions import direction
 from synthmed.tracking.runinfo import final_metrics
 from tests.test_sweeps import SMOKE, runs_of, synthmed
 

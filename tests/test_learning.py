@@ -19,6 +19,7 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from synthmed.config import instantiate
+from synthmed.tracking.first_stage import build_model
 from tests.conftest import compose_train, save_run_folder
 
 pytestmark = pytest.mark.slow
@@ -63,7 +64,7 @@ def train(root: Path, model: str, steps: int, extra: list[str] = ()):
     cfg = compose_train(root, [f"model={model}", *DATA, *SMALL[model], *extra])
     pl.seed_everything(0)
     datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
-    module = instantiate(cfg.model, "model")
+    module = build_model(cfg)[0]  # as synthmed train builds it (an ldm's first stage resolved and loaded)
     real = datamodule.images("val")
     before = distances(module.sample(N_SAMPLES, generator=torch.Generator().manual_seed(1)), real)
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

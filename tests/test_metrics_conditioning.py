@@ -113,6 +113,6 @@ def test_covariates_and_balanced_requests():
     assert set(cov) == {"label", "sex", "age"} and all(v.shape == (512,) for v in cov.values())
     req = balanced_requests(cov, 10, seed=0)
     assert req["label"].tolist() == [0, 1] * 5  # the rare class is asked for as often as the common one
-    rows = {(int(l), int(s), float(a)) for l, s, a in zip(cov["label"], cov["sex"], cov["age"])}
-    assert all((int(l), int(s), float(a)) in rows for l, s, a in zip(req["label"], req["sex"], req["age"]))
+    rows = {(int(lab), int(s), float(a)) for lab, s, a in zip(cov["label"], cov["sex"], cov["age"])}
+    assert all((int(lab), int(s), float(a)) in rows for lab, s, a in zip(req["label"], req["sex"], req["age"]))
     assert torch.equal(balanced_requests(cov, 10, seed=0)["age"], req["age"])

@@ -1,5 +1,5 @@
-"""LDM: finding the first stage (checkpoint, run id, hash, multirun sibling), the latent scale, the process group,
-and the two-run link in MLflow."""
+"""LDM: resolving the first stage (checkpoint, run id, hash, multirun sibling) outside the model, the latent scale,
+the process group, the two-run link in MLflow, and an LDM that samples after its VAE's folders are gone."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from omegaconf import OmegaConf
 
 from synthmed.config import instantiate
 from synthmed.metrics import names
-from synthmed.models import first_stage
+from synthmed.models.base import state_digest
 from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
-from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import first_stage
+from synthmed.tracking import tags as tk
 from synthmed.tracking.confighash import config_hash
 from tests.conftest import compose_train, save_run_folder
 from tests.test_contract import fit
@@ -37,10 +38,13 @@ def vae_ckpt(tmp_path_factory) -> Path:
     return save_run_folder(root, cfg, trainer)
 
 
-def build_ldm(root: Path, *overrides: str):
+def build_ldm(root: Path, *overrides: str, multirun: bool = False, with_tags: bool = False):
+    """An ldm built as `synthmed train` builds it: the first stage resolved into the config, then loaded."""
     cfg = compose_train(root, ["model=ldm", *FAST, *overrides])
     pl.seed_everything(0)
-    return instantiate(cfg.dataset.datamodule, "dataset.datamodule"), instantiate(cfg.model, "model")
+    model, tags = first_stage.build_model(cfg, multirun)
+    datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
+    return (datamodule, model, tags, cfg) if with_tags else (datamodule, model)
 
 
 def test_process_group_composes_per_model(tmp_path):
@@ -82,11 +86,18 @@ def test_latent_scale_is_estimated_recorded_and_kept(tmp_path, vae_ckpt):
 
 
 def test_checkpoint_reference_tags_and_errors(tmp_path, vae_ckpt):
-    _, model = build_ldm(tmp_path, f"model.autoencoder='{vae_ckpt}'")
+    _, model, tags, cfg = build_ldm(tmp_path, f"model.autoencoder='{vae_ckpt}'", with_tags=True)
     vae_cfg = OmegaConf.load(vae_ckpt.parent.parent / "config" / "config.yaml")
-    assert model.extra_tags == {first_stage.TAG_CHECKPOINT: str(vae_ckpt), first_stage.TAG_HASH: config_hash(vae_cfg)}
-    with pytest.raises(Exception, match="model.autoencoder is null"):
-        build_ldm(tmp_path)  # not in a multirun: nothing to find
+    vae_state = torch.load(vae_ckpt, weights_only=True)["state_dict"]
+    digest = state_digest(vae_state)
+    assert tags == {tk.AUTOENCODER_CHECKPOINT: str(vae_ckpt), tk.AUTOENCODER_HASH: config_hash(vae_cfg),
+                    tk.AUTOENCODER_DIGEST: digest}
+    # The config now names the VAE by identity, and the model holds its trained weights.
+    assert (cfg.model.autoencoder, cfg.model.autoencoder_digest) == (config_hash(vae_cfg), digest)
+    assert cfg.model.first_stage._target_ == "synthmed.models.vae.VAEModule"
+    assert all(torch.equal(v, vae_state[k]) for k, v in model.vae.state_dict().items())
+    with pytest.raises(Exception, match="model.autoencoder is null.*not part of a multirun.*model.autoencoder="):
+        build_ldm(tmp_path)  # not in a multirun: nothing to find, and the error says what to pass
     with pytest.raises(Exception, match="not a checkpoint file, an MLflow run id or a config hash"):
         build_ldm(tmp_path, "model.autoencoder=abcdef012345")
     with pytest.raises(Exception, match="in_channels"):
@@ -97,6 +108,33 @@ def test_checkpoint_reference_tags_and_errors(tmp_path, vae_ckpt):
     shutil.copy(vae_ckpt, lonely)
     with pytest.raises(Exception, match="no config to rebuild the autoencoder"):
         build_ldm(tmp_path, f"model.autoencoder='{lonely}'")
+    with pytest.raises(ValueError, match="it is another VAE"):  # a recorded digest that the VAE found does not match
+        build_ldm(tmp_path, f"model.autoencoder='{vae_ckpt}'", "+model.autoencoder_digest=" + "0" * 64)
+
+
+def test_the_hash_depends_on_the_vae_not_on_how_it_is_referenced(tmp_path, vae_ckpt, mlflow_template):
+    # The same VAE by path, by MLflow run id and by hash prefix gives one ldm config hash.
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    vae_cfg = OmegaConf.load(vae_ckpt.parent.parent / "config" / "config.yaml")
+    run = client.create_run(client.create_experiment("x"), tags={tk.CONFIG_HASH: config_hash(vae_cfg)})
+    client.log_artifact(run.info.run_id, str(vae_ckpt.parent.parent / "config" / "config.yaml"), "config")
+    client.log_artifact(run.info.run_id, str(vae_ckpt), "checkpoints")
+    client.set_terminated(run.info.run_id)
+    hashes = set()
+    for ref in (f"'{vae_ckpt}'", run.info.run_id, config_hash(vae_cfg)[:12]):
+        *_, tags, cfg = build_ldm(tmp_path, f"model.autoencoder={ref}", with_tags=True)
+        hashes.add(config_hash(cfg))
+        assert tags[tk.AUTOENCODER_RUN] == run.info.run_id  # found in the store paths.root points at
+    assert len(hashes) == 1
+    other = tmp_path / "other" / "checkpoints" / "final.ckpt"
+    other.parent.mkdir(parents=True)
+    state = torch.load(vae_ckpt, weights_only=True)
+    state["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, other)
+    shutil.copytree(vae_ckpt.parent.parent / "config", other.parent.parent / "config")
+    *_, cfg = build_ldm(tmp_path, f"model.autoencoder='{other}'", with_tags=True)
+    assert config_hash(cfg) not in hashes  # same VAE config, other weights: another ldm
 
 
 def test_a_non_vae_run_is_refused(tmp_path):
@@ -126,8 +164,10 @@ def test_null_finds_the_vae_job_of_the_same_multirun(tmp_path, vae_ckpt):
     job = _fake_job(sweep, 2, compose_train(tmp_path, ["model=ldm", "debug=smoke"]), None)
     config, ckpt = first_stage.sweep_sibling(job)
     assert ckpt == sweep / "1" / "checkpoints" / "final.ckpt" and config.seed == 0
-    _, model = build_ldm(tmp_path, f"model.job_dir='{job}'")
-    assert model.extra_tags[first_stage.TAG_CHECKPOINT] == str(ckpt)
+    *_, tags, _ = build_ldm(tmp_path, f"paths.output_dir='{job}'", multirun=True, with_tags=True)
+    assert tags[tk.AUTOENCODER_CHECKPOINT] == str(ckpt)
+    with pytest.raises(ValueError, match="not part of a multirun"):  # the same folder outside a multirun
+        build_ldm(tmp_path, f"paths.output_dir='{job}'")
     other = _fake_job(sweep, 3, compose_train(tmp_path, ["model=ldm", "debug=smoke", "seed=5"]), None)
     with pytest.raises(ValueError, match="no finished vae job with the same settings"):
         first_stage.sweep_sibling(other)
@@ -143,16 +183,43 @@ def test_multirun_vae_then_ldm_links_the_two_runs(tmp_path, mlflow_template):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = {r.data.tags.get(mt.TAG_MODEL): r for r in client.search_runs(
-        [e.experiment_id for e in client.search_experiments()]) if r.data.tags.get(mt.TAG_MODEL)}
+    runs = {r.data.tags.get(tk.MODEL): r for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()]) if r.data.tags.get(tk.MODEL)}
     vae, ldm = runs["vae"], runs["ldm"]
     assert vae.info.status == ldm.info.status == "FINISHED"
-    assert ldm.data.tags[first_stage.TAG_RUN] == vae.info.run_id
-    assert ldm.data.tags[first_stage.TAG_HASH] == vae.data.tags[mt.TAG_HASH]
+    assert ldm.data.tags[tk.AUTOENCODER_RUN] == vae.info.run_id
+    assert ldm.data.tags[tk.AUTOENCODER_HASH] == vae.data.tags[tk.CONFIG_HASH]
     assert ldm.data.metrics[names.LATENT_SCALE] > 0
     # The same VAE, found by run id and by hash prefix, rebuilt from the recorded config.
-    by_id, _ = first_stage.load_autoencoder(vae.info.run_id, tmp_path)
-    by_hash, tags = first_stage.load_autoencoder(vae.data.tags[mt.TAG_HASH][:12], tmp_path)
-    assert tags[first_stage.TAG_RUN] == vae.info.run_id
-    for a, b in zip(by_id.state_dict().values(), by_hash.state_dict().values()):
-        assert torch.equal(a, b)
+    found = []
+    for ref in (vae.info.run_id, vae.data.tags[tk.CONFIG_HASH][:12]):
+        cfg = compose_train(tmp_path, ["model=ldm", *FAST, f"model.autoencoder={ref}"])
+        stage = first_stage.resolve_first_stage(cfg)
+        assert stage.tags[tk.AUTOENCODER_RUN] == vae.info.run_id
+        found.append(stage.state_dict)
+    for key, value in found[0].items():
+        assert torch.equal(value, found[1][key])
+
+    # The LDM samples with its VAE's Hydra folders and checkpoints gone: its record rebuilds it without a lookup.
+    sampled = [sample_ldm(tmp_path, ldm.info.run_id, "before")]
+    vae_jobs = [p.parent.parent for p in tmp_path.rglob(".hydra/config.yaml")
+                if OmegaConf.load(p).model.name == "vae"]
+    assert vae_jobs
+    for folder in vae_jobs:
+        shutil.rmtree(folder)
+    vae_artifacts = Path(client.get_run(vae.info.run_id).info.artifact_uri.removeprefix("file://"))
+    shutil.rmtree(vae_artifacts / "checkpoints")
+    sampled.append(sample_ldm(tmp_path, ldm.info.run_id, "after"))
+    torch.testing.assert_close(sampled[0], sampled[1], rtol=0, atol=0)
+
+
+def sample_ldm(root: Path, run_id: str, name: str) -> torch.Tensor:
+    """`synthmed sample` of the ldm run into `root/<name>` (in-process); the written PNGs as a tensor."""
+    from synthmed.sample import sample
+
+    cfg = compose_train(root, [f"run={run_id}", f"out={root / name}", "n=2", "format=png"], config_name="sample")
+    paths = sample(cfg)
+    import numpy as np
+    from PIL import Image
+
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(p), dtype=np.float32)) for p in paths])

@@ -18,6 +18,7 @@ from synthmed import reproduce as R
 from synthmed.metrics import names
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import records
+from synthmed.tracking import tags as tk
 from synthmed.tracking.confighash import config_hash
 from synthmed.train import train
 from tests.conftest import compose_train
@@ -54,8 +55,8 @@ def test_reproduces_the_recorded_metrics_exactly(recorded):
     assert outcome.passed and all(a == b for _, a, b, _, _ in outcome.rows)  # bit-equal, not merely close
     new = client.get_run(outcome.run_id)
     assert new.info.run_id != run.info.run_id and new.info.status == "FINISHED"
-    assert new.data.tags[R.TAG_REPRODUCES] == run.info.run_id and new.data.tags[R.TAG_VERDICT] == "pass"
-    assert new.data.tags[mt.TAG_HASH] == full and new.info.experiment_id == run.info.experiment_id
+    assert new.data.tags[tk.REPRODUCES] == run.info.run_id and new.data.tags[tk.REPRODUCE_VERDICT] == "pass"
+    assert new.data.tags[tk.CONFIG_HASH] == full and new.info.experiment_id == run.info.experiment_id
     assert new.data.params["paths.output_dir"].startswith(str(root / "outputs" / "reproduce"))
     local = client.download_artifacts(outcome.run_id, "reproduce/verdict.json", str(root / "dl"))
     verdict = json.loads(open(local).read())
@@ -102,7 +103,7 @@ def test_pinned_study_reproduces_in_a_fresh_store(recorded, study, tmp_path, mlf
     assert "PASS: " in printed and "runs.json" in printed
     client = MlflowClient(f"sqlite:///{fresh}/mlflow.db")
     (new,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert new.data.tags[R.TAG_REPRODUCES] == run.info.run_id  # runs.json keeps the original run id
+    assert new.data.tags[tk.REPRODUCES] == run.info.run_id  # runs.json keeps the original run id
 
 
 def test_a_metric_that_differs_fails_with_exit_1(recorded, study, tmp_path, mlflow_template, capsys):
@@ -138,7 +139,7 @@ def test_pin_from_the_command_line_writes_a_complete_entry(recorded, tmp_path, c
     study = tmp_path / "experiments" / "smoke"
     assert R.main([full[:12], f"paths.root={root}", "--pin", str(study)]) == 0
     entry = json.loads((study / "runs.json").read_text())[full]
-    assert entry["run_id"] == run.info.run_id and entry["git_sha"] == run.data.tags[mt.TAG_GIT_SHA]
+    assert entry["run_id"] == run.info.run_id and entry["git_sha"] == run.data.tags[tk.GIT_SHA]
     assert entry["metrics"] == records.from_mlflow(client, run.info.run_id).metrics
     assert config_hash(OmegaConf.load(study / entry["config"])) == full
     assert "torch==" in (study / entry["requirements"]).read_text()

@@ -107,7 +107,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     state = rng.capture()
     expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.save({"rng": state}, tmp_path / "s.pt")
-    rng.restore(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
+    rng.restore_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     torch.testing.assert_close(got[0], expected[0])
     assert np.array_equal(got[1], expected[1]) and got[2] == expected[2]

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from synthmed.metrics import names
 from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import tags as tk
 from synthmed.tracking.confighash import config_hash
 from synthmed.train import train
 from tests.conftest import compose_train
@@ -50,11 +51,11 @@ def test_run_is_named_tagged_and_finished(smoke_run):
     assert run.info.run_name == f"ddpm-phantom2d-{full[:8]}"
     assert client.get_experiment(run.info.experiment_id).name == "phantom2d"
     tags = run.data.tags
-    assert tags[mt.TAG_HASH] == full
-    assert tags[mt.TAG_FAMILY] == "diffusion"
-    assert re.fullmatch(r"[0-9a-f]{64}", tags[mt.TAG_FINGERPRINT])
-    assert tags[mt.TAG_VERSION]
-    assert re.fullmatch(r"([0-9a-f]{40}(-dirty)?|unknown)", tags[mt.TAG_GIT_SHA])
+    assert tags[tk.CONFIG_HASH] == full
+    assert tags[tk.MODEL_FAMILY] == "diffusion"
+    assert re.fullmatch(r"[0-9a-f]{64}", tags[tk.DATASET_FINGERPRINT])
+    assert tags[tk.VERSION]
+    assert re.fullmatch(r"([0-9a-f]{40}(-dirty)?|unknown)", tags[tk.GIT_SHA])
 
 
 def test_params_are_the_flattened_resolved_config(smoke_run):

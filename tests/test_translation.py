@@ -18,6 +18,7 @@ from synthmed.data import export
 from synthmed.data.paired_nifti import PairedDataModule, PairedNiftiDataset, match_folders
 from synthmed.data.phantom import PhantomDataset
 from synthmed.data.preflight import BadDataError
+from synthmed.evaluation.step import source_request
 from synthmed.metrics import names
 from synthmed.metrics.translation import body_mask, translation_metrics
 from tests.conftest import compose_train
@@ -152,14 +153,16 @@ def pix2pix_smoke(tmp_path_factory):
 
 def test_translator_needs_a_source_of_the_right_shape(pix2pix_smoke):
     _, datamodule, model = pix2pix_smoke
-    with pytest.raises(ValueError, match="needs cond"):
-        model.sample(2)
+    with pytest.raises(ValueError, match=r"pass cond=\{'source': x\}"):
+        model.sample(2)  # never a silent fallback to some split's sources
     with pytest.raises(ValueError, match=r"\[2, 1, 16, 16\]"):
         model.sample(2, cond={"source": torch.zeros(2, 1, 8, 8)})
-    model.attach_sources(datamodule)  # what `synthmed evaluate` can do: val sources for cond-less calls
-    x = model.sample(3, generator=torch.Generator().manual_seed(0))
+    request = source_request(model, datamodule, 3)  # what the callbacks and `synthmed evaluate` pass
+    x = model.sample(3, generator=torch.Generator().manual_seed(0), cond=request)
     torch.testing.assert_close(x, model.sample(3, cond={"source": datamodule.sources("val", 3)}))
-    torch.testing.assert_close(model.sample(2, offset=1), x[1:])  # shards take val items offset + i
+    shard = model.sample(2, generator=torch.Generator().manual_seed(0), cond={"source": request["source"][1:]},
+                         offset=1)
+    torch.testing.assert_close(shard, x[1:])  # shards take val items offset + i
 
 
 def test_pix2pix_and_cond_ddpm_check_their_arguments(tmp_path):

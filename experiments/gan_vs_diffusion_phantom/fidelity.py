@@ -28,6 +28,7 @@ from synthmed.metrics import names
 from synthmed.metrics.diversity import ms_ssim_diversity
 from synthmed.models.base import load_weights
 from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import tags as tk
 
 FAMILY_ORDER = ("gan", "vae", "ddpm", "ldm")
 
@@ -51,8 +52,8 @@ def main(root: str, experiment: str = "gan_vs_diffusion") -> None:
     client = MlflowClient(mt.tracking_uri(None, root))
     exp = client.get_experiment_by_name(experiment)
     runs = [r for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
-            if r.data.tags.get(mt.TAG_MODEL) in FAMILY_ORDER]
-    runs.sort(key=lambda r: FAMILY_ORDER.index(r.data.tags[mt.TAG_MODEL]))
+            if r.data.tags.get(tk.MODEL) in FAMILY_ORDER]
+    runs.sort(key=lambda r: FAMILY_ORDER.index(r.data.tags[tk.MODEL]))
     print("| model | run name | run id | train+eval min | val/ms_ssim_diversity | val/memorization_rate "
           "| W1 intensity | mean-image RMS |")
     print("|---|---|---|---|---|---|---|---|")
@@ -65,7 +66,7 @@ def main(root: str, experiment: str = "gan_vs_diffusion") -> None:
         m = run.data.metrics
         minutes = (run.info.end_time - run.info.start_time) / 60000
         w1, rms = fidelity(fake, real)
-        print(f"| {run.data.tags[mt.TAG_MODEL]} | {run.info.run_name} | `{run.info.run_id}` | {minutes:.1f} "
+        print(f"| {run.data.tags[tk.MODEL]} | {run.info.run_name} | `{run.info.run_id}` | {minutes:.1f} "
               f"| {m.get(names.MS_SSIM_DIVERSITY, float('nan')):.3f} "
               f"| {m.get(names.MEMORIZATION_RATE, float('nan')):.3f} | {w1:.4f} | {rms:.4f} |")
     if real is not None:

@@ -17,7 +17,8 @@ from synthmed.config import instantiate, register_resolvers
 from synthmed.metrics import names
 from synthmed.metrics.translation import translation_metrics
 from synthmed.tracking import mlflow_utils as mt
-from synthmed.tracking.restore import restore
+from synthmed.tracking import tags as tk
+from synthmed.tracking.restore import restore_run
 
 TRANSLATORS = ("pix2pix", "cond_ddpm")
 
@@ -42,10 +43,10 @@ def main() -> None:
     client = MlflowClient(mt.tracking_uri(None, args.root))
     runs = args.runs or [r.info.run_id for r in client.search_runs(
         [e.experiment_id for e in client.search_experiments()], "attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time ASC"]) if r.data.tags.get(mt.TAG_MODEL) in TRANSLATORS]
+        order_by=["attributes.start_time ASC"]) if r.data.tags.get(tk.MODEL) in TRANSLATORS]
     lines, identity = [], None
     for run_id in runs:
-        restored = restore(client, run_id, Path(args.root) / ".cache" / "runs")
+        restored = restore_run(client, run_id, Path(args.root) / ".cache" / "runs")
         datamodule = instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule")
         source, target = datamodule.sources(args.split), datamodule.images(args.split)
         window = datamodule.target_intensity

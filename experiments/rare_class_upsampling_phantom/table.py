@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from synthmed.metrics import names
 from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import tags as tk
 
 EXPERIMENT = "rare_class_upsampling"
 LESION = names.per_class(names.COND_ACCURACY, 1)  # asked for a lesion, read as a lesion
@@ -25,9 +26,9 @@ def runs(client: MlflowClient) -> tuple[list, list]:
     if exp is None:
         raise SystemExit(f"no MLflow experiment '{EXPERIMENT}' in this store: run run.sh first")
     done = sorted((r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FINISHED"
-                   and r.data.tags.get(mt.TAG_HASH)), key=lambda r: r.info.start_time)
-    trained = [r for r in done if mt.TAG_EVALUATES not in r.data.tags]
-    return trained, [r for r in done if mt.TAG_EVALUATES in r.data.tags]
+                   and r.data.tags.get(tk.CONFIG_HASH)), key=lambda r: r.info.start_time)
+    trained = [r for r in done if tk.EVALUATES not in r.data.tags]
+    return trained, [r for r in done if tk.EVALUATES in r.data.tags]
 
 
 def balance(run) -> str:
@@ -41,11 +42,11 @@ def table(trained: list, evals: list) -> str:
     for run in trained:
         trained_scale = run.data.params.get("model.guidance_scale")  # a GAN has no guidance
         scored = [(float(trained_scale) if trained_scale else None, run)]
-        scored += [(float(e.data.tags[mt.TAG_EVAL_GUIDANCE]), e) for e in evals
-                   if e.data.tags[mt.TAG_EVALUATES] == run.info.run_id]
+        scored += [(float(e.data.tags[tk.EVAL_GUIDANCE]), e) for e in evals
+                   if e.data.tags[tk.EVALUATES] == run.info.run_id]
         for gs, r in sorted(scored, key=lambda s: -(s[0] or 0)):
             m = r.data.metrics
-            lines.append(f"| {run.data.tags.get(mt.TAG_MODEL, '?')} | {balance(run)} | `{run.info.run_id[:8]}` | "
+            lines.append(f"| {run.data.tags.get(tk.MODEL, '?')} | {balance(run)} | `{run.info.run_id[:8]}` | "
                          f"{'-' if gs is None else f'{gs:g}'} | {m[LESION]:.3f} | {m[HEALTHY]:.3f} | "
                          f"{m[names.COND_BALANCED_ACCURACY]:.3f} | {m[names.MS_SSIM_DIVERSITY]:.3f} |")
     ceiling = trained[0].data.metrics.get(names.on_real(names.COND_BALANCED_ACCURACY)) if trained else None
@@ -66,7 +67,7 @@ def main() -> None:
     if args.trained_runs:
         print(" ".join(r.info.run_id for r in trained
                        if (args.balance is None or r.data.params.get("dataset.datamodule.balance") == args.balance)
-                       and (args.model is None or r.data.tags.get(mt.TAG_MODEL) == args.model)))
+                       and (args.model is None or r.data.tags.get(tk.MODEL) == args.model)))
         return
     print(table(trained, evals))
 

@@ -1,88 +1,18 @@
-"""Generation metrics during training (small n, every evaluation) and the shared evaluate-and-log step.
-
-Only the model's `sample()` is called, so every family gets the same metrics under the same keys.
-"""
+"""Generation metrics during training: small n, after every (n-th) validation, through the shared evaluation step
+(synthmed/evaluation/step.py), logged by tracking/results.py."""
 
 from __future__ import annotations
 
 import logging
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities import rank_zero_only
-from torch import Tensor
 
-from synthmed.data.datamodule import covariates
-from synthmed.metrics.conditioning import balanced_requests
-from synthmed.tracking.mlflow_utils import RunRef, mlflow_run
-from synthmed.viz import image_grid, save_png
+from synthmed.evaluation.step import evaluate_generation
+from synthmed.tracking.mlflow_utils import mlflow_run
+from synthmed.tracking.results import log_result
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Evaluation:
-    """A scored set of samples: the suite's result and the images behind it (for artifacts)."""
-
-    result: object  # SuiteResult: values (keys of names.py), tags (provenance), artifacts
-    fake: Tensor  # [n, C, *spatial]
-    train: Tensor | None  # [m, C, *spatial] when memorization was audited
-
-
-def evaluate_generation(model, datamodule, suite, n_samples: int, seed: int, split: str = "val",
-                        n_real: int | None = None) -> Evaluation:
-    """Sample `n_samples` images with `seed` and score them against the first `n_real` images of `split`.
-
-    A conditional model is asked for every class equally often (and covariates drawn like the training set's),
-    so the conditioning metrics read each request once.
-    """
-    needs_cond = getattr(suite, "needs_cond", False)
-    real = datamodule.images(split, n_real)
-    train_cond = covariates(datamodule.split("train")) if needs_cond else None
-    real_cond = covariates(datamodule.split(split), len(real)) if needs_cond else None
-    conditioning = getattr(model, "conditioning", None)
-    cond = None
-    if needs_cond and train_cond and conditioning is not None and conditioning.enabled:
-        request = balanced_requests(train_cond, n_samples, seed)
-        cond = {k: request[k] for k in conditioning.keys}
-    fake = model.sample(n_samples, generator=torch.Generator().manual_seed(seed), cond=cond).cpu()
-    train = datamodule.images("train") if getattr(suite, "needs_train", False) else None
-    ref_key = f"{datamodule.fingerprint}-{split}-{len(real)}"
-    result = suite(fake, real, train=train, ref_key=ref_key, cond=cond, train_cond=train_cond,
-                   real_cond=real_cond, fingerprint=datamodule.fingerprint)
-    return Evaluation(result, fake, train)
-
-
-def record(evaluation: Evaluation, step: int, **meta) -> dict:
-    """The JSON record of an evaluation (metrics/final.json, metrics/eval.json): numbers, provenance, counts."""
-    result = evaluation.result
-    return {"step": step, "metrics": result.values, "tags": result.tags, "n_samples": len(evaluation.fake), **meta}
-
-
-def memorization_pairs(evaluation: Evaluation) -> Tensor | None:
-    """The audit's closest (sample, training image) pairs side by side, `[2k, C, *spatial]`, or None."""
-    audit = evaluation.result.artifacts.get("memorization")
-    if audit is None or evaluation.train is None or not audit.top_pairs:
-        return None
-    return torch.stack([img for s, t, _ in audit.top_pairs for img in (evaluation.fake[s], evaluation.train[t])])
-
-
-def log_result(run: RunRef, evaluation: Evaluation, step: int) -> None:
-    """Metrics at `step`, provenance as `synthmed.<name>` tags (a FID without its provenance is not comparable),
-    and the memorization audit's closest pairs as `metrics/memorization_step_XXXXXXX.png`."""
-    result = evaluation.result
-    for key, value in result.values.items():
-        run.client.log_metric(run.run_id, key, float(value), step=step)
-    for key, value in result.tags.items():
-        run.client.set_tag(run.run_id, f"synthmed.{key}", str(value))
-    pairs = memorization_pairs(evaluation)
-    if pairs is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            png = save_png(image_grid(pairs, nrow=2), Path(tmp) / f"memorization_step_{step:07d}.png")
-            run.client.log_artifact(run.run_id, str(png), "metrics")
 
 
 class GenerationMetrics(pl.Callback):

@@ -26,7 +26,7 @@ def capture() -> dict:
     }
 
 
-def restore(state: dict) -> None:
+def restore_rng_state(state: dict) -> None:
     """Inverse of `capture`."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
@@ -44,4 +44,4 @@ class RNGState(pl.Callback):
         return capture()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        restore(state_dict)
+        restore_rng_state(state_dict)

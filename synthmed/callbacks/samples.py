@@ -9,7 +9,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
-from synthmed.tracking.mlflow_utils import mlflow_run
+from synthmed.evaluation.step import source_request
+from synthmed.tracking.mlflow_utils import log_file, mlflow_run
 from synthmed.viz import image_grid, save_png
 
 
@@ -18,7 +19,8 @@ class SampleGrid(pl.Callback):
 
     The seed is the same at every step, so the grids show one set of samples evolving through training. A model
     conditioned on the label alone (`model.cond=label`) is asked for each class in turn, in equal blocks of rows
-    (healthy on top, lesions below on the phantoms); other models draw unconditional samples.
+    (healthy on top, lesions below on the phantoms); a translator translates the first val sources; other models
+    draw unconditional samples.
 
     Args:
         n: images in the grid.
@@ -42,11 +44,11 @@ class SampleGrid(pl.Callback):
         run = mlflow_run(trainer)
         if run is None:
             return None
-        images = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed),
-                                  cond=grid_request(getattr(pl_module, "conditioning", None), self.n))
+        cond = source_request(pl_module, trainer.datamodule, self.n) or grid_request(pl_module.conditioning, self.n)
+        images = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed), cond=cond)
         with tempfile.TemporaryDirectory() as tmp:
             png = save_png(image_grid(images), Path(tmp) / f"step_{trainer.global_step:07d}.png")
-            run.client.log_artifact(run.run_id, str(png), "samples")
+            log_file(run, png, "samples")
         return f"samples/{png.name}"
 
 

@@ -8,12 +8,12 @@ deterministic MONAI chain from `{"source": ...}` to a `[C, *spatial]` tensor in 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, Dataset as MonaiDataset, MetaTensor, PersistentDataset
+from monai.data import CacheDataset, MetaTensor, PersistentDataset
+from monai.data import Dataset as MonaiDataset
 from monai.transforms import Compose, EnsureChannelFirst, Transform
 from monai.transforms.io.array import switch_endianness
 from monai.utils import ensure_tuple

@@ -9,8 +9,8 @@ lesions, and two renderings of the same noise-free anatomy: MR T1-like (`image`)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -122,14 +122,14 @@ def _brain_edge(s: dict) -> np.ndarray:
 def _ventricle_rhos(p: list, s: dict, margin=0.0) -> list:
     """Rho of the lateral ventricles: per side a frontal horn and an occipital horn, each an ellipsoid tilted so
     the horns diverge (the axial "butterfly"), a thin septum between the two sides."""
-    rhos, w, l = [], s["vent_w"], s["vent_l"]
+    rhos, w, length = [], s["vent_w"], s["vent_l"]
     for side in (-1.0, 1.0):
         for x0, y0, tilt, scale in ((w + 0.015, -0.1, s["vent_tilt"], 1.0),
                                     (w + 0.05, 0.12, -0.6 * s["vent_tilt"], 0.8)):
             dx, dy = p[0] - side * x0, p[1] - y0
             c, sn = np.cos(side * tilt), np.sin(side * tilt)
             u, v = c * dx + sn * dy, -sn * dx + c * dy
-            rhos.append(np.sqrt((u / (scale * w + margin)) ** 2 + (v / (scale * l + margin)) ** 2
+            rhos.append(np.sqrt((u / (scale * w + margin)) ** 2 + (v / (scale * length + margin)) ** 2
                                 + (p[2] / (0.28 + margin)) ** 2))
     return rhos
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from synthmed.data.splits import Record
+from synthmed.io import atomic_write
 
 log = logging.getLogger(__name__)
 POLICIES = ("fail", "skip")
@@ -127,10 +128,7 @@ def _remember(key: str, memo_dir, results: list) -> None:
     _MEMO[key] = results
     path = _memo_file(key, memo_dir)
     if path is not None and not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(results))
-        os.replace(tmp, path)  # concurrent DDP ranks write the same content; the last rename wins
+        atomic_write(path, json.dumps(results))  # concurrent DDP ranks write the same content; the last wins
 
 
 # ---- checks shared by the format scanners ------------------------------------------------------------------------

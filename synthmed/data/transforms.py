@@ -14,9 +14,22 @@ import math
 
 import numpy as np
 import torch
-from monai.transforms import (Compose, EnsureType, Orientation, RandAffine, RandFlip, RandGaussianNoise,
-                              RandScaleIntensity, RandShiftIntensity, RandZoom, ResizeWithPadOrCrop,
-                              ScaleIntensityRange, ScaleIntensityRangePercentiles, Spacing, Transform)
+from monai.transforms import (
+    Compose,
+    EnsureType,
+    Orientation,
+    RandAffine,
+    RandFlip,
+    RandGaussianNoise,
+    RandScaleIntensity,
+    RandShiftIntensity,
+    RandZoom,
+    ResizeWithPadOrCrop,
+    ScaleIntensityRange,
+    ScaleIntensityRangePercentiles,
+    Spacing,
+    Transform,
+)
 from torch.utils.data import get_worker_info
 
 INTENSITY_MODES = ("ct", "mr")

@@ -14,8 +14,7 @@ from monai.transforms import Compose
 
 from synthmed.data.file_dataset import FileDataset
 from synthmed.data.splits import to_plain
-from synthmed.data.transforms import (check_intensity_config, intensity_record, to_plain_tensor,
-                                      volume_pipeline)
+from synthmed.data.transforms import check_intensity_config, intensity_record, to_plain_tensor, volume_pipeline
 
 log = logging.getLogger(__name__)
 FOREGROUND = -0.9  # a pixel above this ([-1, 1] units, 5 % of the intensity range) counts as foreground

@@ -12,12 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from synthmed.io import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,7 @@ class ReferenceCache:
         """Store ``arrays`` under ``key`` atomically; ``fields`` go to a JSON sidecar."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        self._atomic_write(path, lambda f: np.savez(f, **arrays))
-        self._atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(fields, indent=1).encode()))
+        with atomic_path(path, suffix=".npz") as tmp:  # ".npz": np.savez would append it to the temporary name
+            np.savez(tmp, **arrays)
+        atomic_write(path.with_suffix(".json"), json.dumps(fields, indent=1))
         return path
-
-    def _atomic_write(self, path: Path, write) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:  # a file object, so np.savez does not append ".npz" to the tmp name
-                write(f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from synthmed.data.datamodule import class_balancing_weights
+from synthmed.io import atomic_write
 from synthmed.metrics.cache import tensor_digest
 from synthmed.metrics.fid import fid_from_features
 from synthmed.nets.encoder import DomainEncoder
@@ -319,7 +319,7 @@ class EncoderBank:
         if model is None:
             model = fit_encoder(train, targets, self.settings, role, self.device)
             if path:
-                _atomic_write(path, _serialize(model.net, model.heads, model.scale))
+                atomic_write(path, _serialize(model.net, model.heads, model.scale))
                 model.path = path
         return model
 
@@ -348,14 +348,3 @@ def _load(path: Path, role: str, settings: EncoderSettings, train: Tensor, devic
                        train.shape[0], path, trained=False)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file + ``os.replace``: concurrent runs (sweep jobs) never read a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

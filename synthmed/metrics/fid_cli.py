@@ -22,7 +22,7 @@ import torchvision.transforms as TF
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS, ImagePathDataset
 from tqdm.auto import tqdm
 
-from synthmed.metrics import fid as F
+from synthmed.metrics import fid as fidlib
 from synthmed.metrics.cache import ReferenceCache
 from synthmed.metrics.inception import VALID_DIMS, WEIGHTS_FILE, InceptionExtractor
 
@@ -84,9 +84,9 @@ def fid_of_paths(paths: list[str], dims: int = 2048, batch_size: int = 50, devic
     cache = ReferenceCache(ref_cache) if ref_cache else None
     a = _path_stats(paths[0], extractor, loader, cache=None)
     b = _path_stats(paths[1], extractor, loader, cache=cache)
-    if isinstance(a, F.FeatureSet) and isinstance(b, F.FeatureSet):
-        return F.fid_values(a, b)[F.names.FID]  # features on both sides allow the exact low-rank route
-    return F.frechet_distance(*_stats(a), *_stats(b))
+    if isinstance(a, fidlib.FeatureSet) and isinstance(b, fidlib.FeatureSet):
+        return fidlib.fid_values(a, b)[fidlib.names.FID]  # features on both sides allow the exact low-rank route
+    return fidlib.frechet_distance(*_stats(a), *_stats(b))
 
 
 def save_folder_stats(folder: str, out: str, dims: int = 2048, batch_size: int = 50, device: str | None = None,
@@ -99,7 +99,7 @@ def save_folder_stats(folder: str, out: str, dims: int = 2048, batch_size: int =
     extractor = InceptionExtractor(weights, dims, _device(device))
     print(f"Saving statistics for {folder}")
     feats = folder_features(folder, extractor, batch_size, _num_workers(num_workers))
-    F.save_stats(out, *F.feature_stats(feats), provenance=extractor.provenance)
+    fidlib.save_stats(out, *fidlib.feature_stats(feats), provenance=extractor.provenance)
 
 
 def folder_files(folder: str) -> list[Path]:
@@ -124,24 +124,24 @@ def folder_features(folder: str, extractor: InceptionExtractor, batch_size: int 
 def _path_stats(path: str, extractor: InceptionExtractor | None, loader: dict, cache: ReferenceCache | None):
     """A FeatureSet for a folder (through the cache when given), or (mu, sigma) for an .npz."""
     if path.endswith(".npz"):
-        mu, sigma, prov = F.load_stats(path)
+        mu, sigma, prov = fidlib.load_stats(path)
         if extractor is not None:
             _warn_mismatch(path, prov, extractor.provenance)
         return mu, sigma
     if cache is None:
-        return F.FeatureSet({F.IMAGE_PLANE: folder_features(path, extractor, **loader).unsqueeze(1)})
+        return fidlib.FeatureSet({fidlib.IMAGE_PLANE: folder_features(path, extractor, **loader).unsqueeze(1)})
     fields = {"folder": str(Path(path).resolve()), "files": _files_digest(path), **extractor.provenance}
     key = cache.key(fields)
     hit = cache.load(key)
     if hit is not None:
-        return F.FeatureSet.from_arrays(hit)
-    feats = F.FeatureSet({F.IMAGE_PLANE: folder_features(path, extractor, **loader).unsqueeze(1)})
+        return fidlib.FeatureSet.from_arrays(hit)
+    feats = fidlib.FeatureSet({fidlib.IMAGE_PLANE: folder_features(path, extractor, **loader).unsqueeze(1)})
     cache.save(key, feats.to_arrays(), fields)
     return feats
 
 
 def _stats(x):
-    return x.stats(F.IMAGE_PLANE) if isinstance(x, F.FeatureSet) else x
+    return x.stats(fidlib.IMAGE_PLANE) if isinstance(x, fidlib.FeatureSet) else x
 
 
 def _files_digest(folder: str) -> str:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from synthmed.metrics import domain as D
-from synthmed.metrics import fid as F
+from synthmed.metrics import fid as fidlib
 from synthmed.metrics import names
 from synthmed.metrics.cache import ReferenceCache, tensor_digest
 from synthmed.metrics.conditioning import cond_metrics
@@ -104,7 +104,7 @@ class MetricSuite:
         self.memorization_quantile, self.diversity_pairs = memorization_quantile, diversity_pairs
         self.max_slices = max_slices
         self._extractor: InceptionExtractor | None = None
-        self._memory: dict[str, F.FeatureSet] = {}  # reference features of this process, by cache key
+        self._memory: dict[str, fidlib.FeatureSet] = {}  # reference features of this process, by cache key
         self._warned = False
         settings = D.EncoderSettings(tuple(domain_channels), domain_steps, domain_batch_size, domain_lr, domain_seed)
         self.encoders = D.EncoderBank(settings, cache_dir, device)
@@ -188,7 +188,7 @@ class MetricSuite:
                             for m in wanted}
             return None
         if "fid" in self.metrics:  # refuse before spending minutes on Inception
-            F.check_min_samples(fake.shape[0], real.shape[0], self.min_samples)
+            fidlib.check_min_samples(fake.shape[0], real.shape[0], self.min_samples)
         fake_fs = self._extract(fake)
         real_fs = self._reference(real, ref_key, "real")
         train_fs = self._reference(train, None, "train") if "memorization" in self.metrics else None
@@ -205,10 +205,10 @@ class MetricSuite:
             self._extractor = InceptionExtractor(self.fid_weights, self.fid_dims, self.device)
         return self._extractor
 
-    def _extract(self, images: Tensor) -> F.FeatureSet:
-        return F.extract_features(self.extractor(), images, self.batch_size, self.max_slices, self.progress)
+    def _extract(self, images: Tensor) -> fidlib.FeatureSet:
+        return fidlib.extract_features(self.extractor(), images, self.batch_size, self.max_slices, self.progress)
 
-    def _reference(self, images: Tensor, ref_key: str | None, role: str) -> F.FeatureSet:
+    def _reference(self, images: Tensor, ref_key: str | None, role: str) -> fidlib.FeatureSet:
         """Features of a real set, from memory, then the disk cache, then Inception (and stored)."""
         fields = {"role": role, "ref_key": ref_key or "", "digest": tensor_digest(images), "n": images.shape[0],
                   "max_slices": str(self.max_slices), **self.extractor().provenance}
@@ -216,7 +216,7 @@ class MetricSuite:
         if key in self._memory:
             return self._memory[key]
         hit = self.cache.load(key) if self.cache else None
-        feats = F.FeatureSet.from_arrays(hit) if hit is not None else self._extract(images)
+        feats = fidlib.FeatureSet.from_arrays(hit) if hit is not None else self._extract(images)
         if self.cache and hit is None:
             self.cache.save(key, feats.to_arrays(), fields)
         self._memory[key] = feats
@@ -224,12 +224,12 @@ class MetricSuite:
             self._memory.pop(next(iter(self._memory)))
         return feats
 
-    def _feature_metrics(self, fake: F.FeatureSet, real: F.FeatureSet, result: SuiteResult) -> None:
+    def _feature_metrics(self, fake: fidlib.FeatureSet, real: fidlib.FeatureSet, result: SuiteResult) -> None:
         v = result.values
         if "fid" in self.metrics:
-            v |= F.fid_values(fake, real)
+            v |= fidlib.fid_values(fake, real)
             if self.bootstrap:
-                v[names.FID_CI_LOW], v[names.FID_CI_HIGH] = F.bootstrap_fid(fake, real, self.bootstrap, self.seed)
+                v[names.FID_CI_LOW], v[names.FID_CI_HIGH] = fidlib.bootstrap_fid(fake, real, self.bootstrap, self.seed)
                 result.tags["fid.bootstrap"] = f"{self.bootstrap} resamples of both sets, 95% percentile interval"
         f_fake, f_real = fake.per_sample(), real.per_sample()
         if "kid" in self.metrics:

@@ -10,14 +10,19 @@ What lives here so that no family repeats it:
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
+
+if TYPE_CHECKING:  # conditioning.py builds on this module
+    from synthmed.models.conditioning import Conditioning
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # Seeds for per-sample generators are drawn below 2**62 so that `base + i` never overflows int64.
@@ -56,6 +61,16 @@ class GenerativeModule(pl.LightningModule, ABC):
 
     family: str = "base"  # diffusion | gan | vae | ...: the `synthmed.model_family` tag
 
+    # ---- capabilities: what callers may ask of a model. Declared here with defaults, overridden by the families
+    # that have them; entry points and callbacks read these, never probe with getattr/hasattr/isinstance.
+    requires_source: bool = False  # sample() maps cond["source"] [n, C_src, *spatial] (translators: translator.py)
+    uses_noise: bool = True  # False: the output is a function of the condition alone; other seeds change nothing
+    supports_guidance: bool = False  # a classifier-free guidance weight can be set for sampling (GuidedDenoising)
+    conditioning: Conditioning | None = None  # what sample(cond=...) accepts; None or disabled = unconditional
+    # ---- settings for tests, kept with the model so that adding a family edits no central test table
+    test_overrides: tuple[str, ...] = ()  # config overrides that only make the contract test faster
+    first_stage_model: str | None = None  # conf/model/<name>.yaml of the frozen first stage this model is built on
+
     def __init__(self, name: str, image_shape: Sequence[int], optimizer: OptimizerFactory,
                  ema_decay: float | None = None, sample_batch_size: int = 16,
                  grad_clip_norm: float | None = None) -> None:
@@ -78,6 +93,11 @@ class GenerativeModule(pl.LightningModule, ABC):
     def spatial_dims(self) -> int:
         return len(self.image_shape) - 1
 
+    @property
+    def is_conditional(self) -> bool:
+        """True when sample() generates on request (labels and/or covariates in `cond`)."""
+        return self.conditioning is not None and self.conditioning.enabled
+
     # ---- EMA -------------------------------------------------------------------------------------------------
     def init_ema(self, net: nn.Module) -> None:
         """Track an EMA copy of `net` (the network `sample()` uses) when `ema_decay` > 0."""
@@ -93,6 +113,10 @@ class GenerativeModule(pl.LightningModule, ABC):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self._ema_source[0])
+
+    def load_first_stage(self, state_dict: dict[str, Tensor]) -> None:
+        """Load the trained weights of the frozen first stage (families with `first_stage_model` set override it)."""
+        raise TypeError(f"{type(self).__name__} is not built on a first stage (first_stage_model is None)")
 
     def compile_networks(self) -> list[str]:
         """`torch.compile` every network in place (`Module.compile`), so state-dict keys and checkpoints stay the
@@ -176,6 +200,18 @@ class GenerativeModule(pl.LightningModule, ABC):
         finally:
             self.train(was_training)
         return torch.cat(chunks)
+
+
+def state_digest(state: dict[str, Tensor]) -> str:
+    """SHA-256 over a state dict's keys, shapes, dtypes and bytes (sorted keys): the identity of a set of weights,
+    independent of the file, optimizer state or training loop state around it."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if isinstance(value, Tensor):
+            digest.update(f"{key}|{tuple(value.shape)}|{value.dtype}".encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_weights(module: nn.Module, checkpoint: str | Path, strict: bool = True) -> dict:

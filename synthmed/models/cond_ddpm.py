@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from synthmed.metrics import names
 from synthmed.models.base import OptimizerFactory
 from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
-from synthmed.models.pix2pix import Translator
+from synthmed.models.translator import Translator
 
 
 class ConcatSource:
@@ -41,6 +41,7 @@ class CondDDPMModule(Translator):
     """
 
     family = "diffusion"
+    test_overrides = ("model.process.num_inference_steps=3",)  # the contract test samples with 3 steps
 
     def __init__(self, net: Callable[..., nn.Module], process: GaussianDiffusion | RectifiedFlow, name: str,
                  image_shape: Sequence[int], optimizer: OptimizerFactory, ema_decay: float | None = 0.999,

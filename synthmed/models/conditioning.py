@@ -160,6 +160,7 @@ class GuidedDenoising:
     network (nothing for an unconditional model).
     """
 
+    supports_guidance = True  # GenerativeModule's capability flag: sample/evaluate accept guidance_scale=
     conditioning: Conditioning
     cond_drop_prob: float
     guidance_scale: float
@@ -204,7 +205,7 @@ def set_guidance(model, scale: float | None) -> float | None:
     Returns the scale in effect (None for a model without guidance). Refuses a scale for a model that has no
     guidance (unconditional, or a GAN), rather than ignoring it.
     """
-    guides = isinstance(model, GuidedDenoising) and model.conditioning.enabled
+    guides = model.supports_guidance and model.is_conditional
     if scale is None:
         return model.guidance_scale if guides else None
     if not guides:

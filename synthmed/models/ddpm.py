@@ -36,6 +36,7 @@ class DDPMModule(GuidedDenoising, GenerativeModule):
     """
 
     family = "diffusion"
+    test_overrides = ("model.process.num_inference_steps=3",)  # the contract test samples with 3 steps
 
     def __init__(self, net: Callable[..., nn.Module], process: GaussianDiffusion | RectifiedFlow, name: str,
                  image_shape: Sequence[int], optimizer: OptimizerFactory, ema_decay: float | None = 0.999,

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from synthmed.metrics import names
 from synthmed.models import adversarial as adv
 from synthmed.models.base import GenerativeModule, OptimizerFactory
-from synthmed.models.conditioning import ConditionPrior, Conditioning
+from synthmed.models.conditioning import Conditioning, ConditionPrior
 
 
 class GANModule(GenerativeModule):

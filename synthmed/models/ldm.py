@@ -10,9 +10,8 @@ from torch import Tensor, nn
 from synthmed.metrics import names
 from synthmed.models.base import GenerativeModule, OptimizerFactory
 from synthmed.models.conditioning import GuidedDenoising
-from synthmed.models.first_stage import load_autoencoder
 from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
-from synthmed.tracking.mlflow_utils import mlflow_run
+from synthmed.models.vae import VAEModule
 
 
 class LDMModule(GuidedDenoising, GenerativeModule):
@@ -25,6 +24,10 @@ class LDMModule(GuidedDenoising, GenerativeModule):
     and it is logged as `train/latent_scale`. The autoencoder's weights are part of this module's state dict
     (frozen), so an LDM checkpoint samples on its own.
 
+    The module is built from plain values: `first_stage` is the VAE *architecture* (built from its recorded model
+    config); its trained weights are loaded by whoever resolved `autoencoder` (`load_first_stage`, called by
+    `synthmed.tracking.first_stage.build_model`), or arrive with an LDM checkpoint.
+
     With `cond`, labels/covariates reach the denoiser's cross-attention exactly as in `ddpm` (classifier-free
     guidance; synthmed/models/conditioning.py), as in the conditional LDMs of Rombach et al.
 
@@ -33,10 +36,9 @@ class LDMModule(GuidedDenoising, GenerativeModule):
             `net(z_t [B, c, *latent], timesteps=[B], context=[B, 1, D]) -> [B, c, *latent]` with c = the VAE's
             latent channels; called here, with cross-attention switched on when the model is conditional.
         process: the noise process (DDPM/DDIM or rectified flow).
-        autoencoder: the trained VAE: a checkpoint path, an MLflow run id or config hash, or `None` for the vae
-            job of the same Hydra multirun (see synthmed/models/first_stage.py).
-        paths_root: `paths.root`: where the MLflow store of run-id/hash references lives.
-        job_dir: this job's output folder (`paths.output_dir`): finds the multirun's vae job for `None`.
+        first_stage: the VAE (a VAEModule) whose latents this model diffuses; frozen here.
+        autoencoder: the VAE's identity (its config hash once resolved; a reference before that): a record only.
+        autoencoder_digest: sha256 of the VAE weights it was trained on (`state_digest`): a record only.
         scale_batches: training batches whose latents estimate `latent_scale`.
         clip_sample: whether Gaussian samplers clip predicted x0 to [-1, 1]; conf/model/process/*.yaml read it
             from here. False: latents, unlike images, are not bounded.
@@ -45,19 +47,25 @@ class LDMModule(GuidedDenoising, GenerativeModule):
     """
 
     family = "diffusion"
+    first_stage_model = "vae"  # conf/model/vae.yaml: train it first (synthmed/tracking/first_stage.py finds it)
+    test_overrides = ("model.process.num_inference_steps=3",)  # the contract test samples with 3 steps
 
     def __init__(self, net: Callable[..., nn.Module], process: GaussianDiffusion | RectifiedFlow, name: str,
-                 image_shape: Sequence[int], optimizer: OptimizerFactory, autoencoder: str | None = None,
-                 paths_root: str = ".", job_dir: str | None = None, scale_batches: int = 4,
+                 image_shape: Sequence[int], optimizer: OptimizerFactory, first_stage: VAEModule | None = None,
+                 autoencoder: str | None = None, autoencoder_digest: str | None = None, scale_batches: int = 4,
                  clip_sample: bool = False, ema_decay: float | None = 0.999, sample_batch_size: int = 16,
                  grad_clip_norm: float | None = 1.0, cond: str | None = None, num_classes: int = 2,
                  attr_ranges: Mapping[str, Sequence[float]] | None = None, cond_drop_prob: float = 0.1,
                  guidance_scale: float = 3.0) -> None:
         super().__init__(name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm)
-        self.save_hyperparameters(ignore=["net", "process", "optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["net", "process", "optimizer", "first_stage"], logger=False)
         if scale_batches < 1:
             raise ValueError(f"scale_batches must be >= 1, got {scale_batches}")
-        vae, self.extra_tags = load_autoencoder(autoencoder, paths_root, job_dir)
+        if not isinstance(first_stage, VAEModule):
+            raise ValueError(f"first_stage is model '{getattr(first_stage, 'name', first_stage)}' "
+                             f"({type(first_stage).__name__}), not a VAE (synthmed.models.vae.VAEModule): "
+                             "model.autoencoder must name a trained vae (synthmed/tracking/first_stage.py resolves it)")
+        vae = first_stage
         if tuple(vae.image_shape) != self.image_shape:
             raise ValueError(f"autoencoder: trained on image_shape {list(vae.image_shape)}, this model generates "
                              f"{list(self.image_shape)}")
@@ -82,12 +90,10 @@ class LDMModule(GuidedDenoising, GenerativeModule):
         self.vae.eval()  # frozen first stage: always in inference mode
         return self
 
-    # ---- first-stage link: tags and the latent scale -----------------------------------------------------------
-    def on_fit_start(self) -> None:
-        run = mlflow_run(self.trainer)
-        if run is not None and self.trainer.is_global_zero:
-            for key, value in self.extra_tags.items():
-                run.client.set_tag(run.run_id, key, value)
+    # ---- the first stage and the latent scale ---------------------------------------------------------------
+    def load_first_stage(self, state_dict: dict[str, Tensor]) -> None:
+        """Load the trained VAE's weights (a VAEModule state dict) into the frozen first stage."""
+        self.vae.load_state_dict(state_dict)
 
     def on_train_start(self) -> None:
         if not bool(self.latent_scale_estimated):  # a resumed or loaded model keeps its recorded scale

@@ -23,19 +23,14 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 import synthmed
+from synthmed.config import instantiate
+from synthmed.tracking import tags as tk
 
 if TYPE_CHECKING:  # Lightning costs ~3 s to import: compare, reproduce --pin/--dry-run and records never need it
     from pytorch_lightning.loggers import MLFlowLogger
 
 ENV_URI = "MLFLOW_TRACKING_URI"
-TAG_HASH = "synthmed.config_hash"
-TAG_FAMILY = "synthmed.model_family"
-TAG_FINGERPRINT = "synthmed.dataset_fingerprint"
-TAG_GIT_SHA = "synthmed.git_sha"
-TAG_VERSION = "synthmed.version"
-TAG_MODEL = "synthmed.model"
-TAG_EVALUATES = "synthmed.evaluates"  # on an evaluation child run (`synthmed evaluate child_run=true`): the trained run
-TAG_EVAL_GUIDANCE = "synthmed.eval.guidance_scale"  # the guidance weight an evaluation sampled with, when overridden
+PARENT_ENV = "SYNTHMED_PARENT_RUN_ID"  # set by the sweep callback (sweep.py); launchers pass it on to their jobs
 
 
 def tracking_uri(configured: str | None, root: str | Path) -> str:
@@ -73,8 +68,8 @@ def git_sha() -> str:
 
 
 def run_tags(full_hash: str, family: str, model: str, fingerprint: str) -> dict[str, str]:
-    return {TAG_HASH: full_hash, TAG_FAMILY: family, TAG_MODEL: model, TAG_FINGERPRINT: fingerprint,
-            TAG_GIT_SHA: git_sha(), TAG_VERSION: synthmed.__version__}
+    return {tk.CONFIG_HASH: full_hash, tk.MODEL_FAMILY: family, tk.MODEL: model, tk.DATASET_FINGERPRINT: fingerprint,
+            tk.GIT_SHA: git_sha(), tk.VERSION: synthmed.__version__}
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, str]:
@@ -133,13 +128,40 @@ def find_run(client: MlflowClient, ref: str, prefer_finished: bool = True) -> Ru
     if len(ref) < 6 or any(c not in "0123456789abcdef" for c in ref.lower()):
         raise ValueError(f"'{ref}' is neither a run id nor a config hash prefix of at least 6 hex digits")
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, filter_string=f"tags.`{TAG_HASH}` LIKE '{ref.lower()}%'",
+    runs = client.search_runs(experiments, filter_string=f"tags.`{tk.CONFIG_HASH}` LIKE '{ref.lower()}%'",
                               order_by=["attributes.start_time DESC"])
-    runs = [r for r in runs if TAG_EVALUATES not in r.data.tags]
+    runs = [r for r in runs if tk.EVALUATES not in r.data.tags]
     if not runs:
         raise LookupError(f"no run with id or config hash '{ref}' in {client.tracking_uri}")
     finished = [r for r in runs if r.info.status == "FINISHED"] if prefer_finished else []
     return (finished or runs)[0]
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    """Set several tags of a run (values as strings)."""
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def child_run(client: MlflowClient, parent: Run, run_name: str, tags: dict[str, str] | None = None) -> RunRef:
+    """A new run in the parent's experiment, linked to it (`mlflow.parentRunId`) so the UI nests it."""
+    tags = {**(tags or {}), tk.PARENT_RUN: parent.info.run_id}
+    run = client.create_run(parent.info.experiment_id, run_name=run_name, tags=tags)
+    return RunRef(client, run.info.run_id)
+
+
+def report_run(client: MlflowClient, experiment_id: str, kind: str, folder: str | Path, run_name: str,
+               tags: dict[str, str] | None = None, parent: Run | None = None) -> str:
+    """A FINISHED run tagged `synthmed.report=<kind>` holding `folder` under `report/` (the JSON, Markdown and HTML
+    of a compare, utility, bias or reader-study report); a child of `parent` when given. Returns its id."""
+    tags = {**(tags or {}), tk.REPORT: kind}
+    if parent is not None:
+        run_id = child_run(client, parent, run_name, tags).run_id
+    else:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    client.log_artifacts(run_id, str(folder), "report")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 @dataclass(frozen=True)
@@ -150,6 +172,11 @@ class RunRef:
     run_id: str
 
 
+def log_file(run: RunRef, path: str | Path, folder: str | None = None) -> None:
+    """Upload one local file as an artifact of the run (under `folder`)."""
+    run.client.log_artifact(run.run_id, str(path), folder)
+
+
 def mlflow_run(trainer) -> RunRef | None:
     """The trainer's MLflow run, or None when it has no MLFlowLogger (e.g. a bare test trainer)."""
     from pytorch_lightning.loggers import MLFlowLogger
@@ -158,6 +185,12 @@ def mlflow_run(trainer) -> RunRef | None:
         if isinstance(logger, MLFlowLogger):
             return RunRef(logger.experiment, logger.run_id)
     return None
+
+
+def parent_tags() -> dict[str, str]:
+    """Tags that make the current job a child of the running sweep (empty outside a sweep)."""
+    parent = os.environ.get(PARENT_ENV)
+    return {tk.PARENT_RUN: parent} if parent else {}
 
 
 def tracking_client(cfg: DictConfig) -> MlflowClient:
@@ -171,9 +204,6 @@ def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str,
 
     With `run_id` it continues that run (resume) instead of creating one.
     """
-    from synthmed.config import instantiate  # late: config imports metrics, which may import heavy extractors
-    from synthmed.tracking.sweep import parent_tags
-
     uri = tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root)
     logger = instantiate(
         cfg.logger, "logger", tracking_uri=uri, artifact_location=artifact_location(uri, cfg.paths.root),

@@ -23,16 +23,17 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from synthmed.io import atomic_write
 from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import tags as tk
 from synthmed.tracking.confighash import short_hash
 from synthmed.tracking.runinfo import artifact_text, final_metrics, recorded_config
 
 RUNS_FILE = "runs.json"
-TAG_REPRODUCES = "synthmed.reproduces"  # on a reproduction: the run id (or study entry) it reproduces
 
 
 @dataclass
-class Record:
+class RecordedResult:
     """One recorded result: where it came from, its resolved config, metrics and environment."""
 
     source: str  # "MLflow run <id>" or the runs.json path
@@ -44,13 +45,13 @@ class Record:
     git_sha: str | None
 
 
-def from_mlflow(client: MlflowClient, ref: str) -> Record:
-    """The run `ref` (id or hash prefix) as a Record; its metrics include the last `train/` values.
+def from_mlflow(client: MlflowClient, ref: str) -> RecordedResult:
+    """The run `ref` (id or hash prefix) as a RecordedResult; its metrics include the last `train/` values.
 
     A hash that finds a reproduction (the newest FINISHED run of that hash) leads to the run it reproduces.
     """
     run = mt.find_run(client, ref)
-    original = run.data.tags.get(TAG_REPRODUCES)
+    original = run.data.tags.get(tk.REPRODUCES)
     if run.info.run_id != ref and original:
         try:
             run = client.get_run(original)
@@ -60,9 +61,9 @@ def from_mlflow(client: MlflowClient, ref: str) -> Record:
     cfg = recorded_config(client, run_id)
     if cfg is None:
         raise LookupError(f"MLflow run {run_id} has no config/config.yaml artifact: nothing to re-run")
-    return Record(f"MLflow run {run_id}", run_id, run.data.tags.get(mt.TAG_HASH, ""), cfg,
+    return RecordedResult(f"MLflow run {run_id}", run_id, run.data.tags.get(tk.CONFIG_HASH, ""), cfg,
                   final_metrics(client, run, with_train=True), artifact_text(client, run_id, "env/requirements.txt"),
-                  run.data.tags.get(mt.TAG_GIT_SHA))
+                  run.data.tags.get(tk.GIT_SHA))
 
 
 def _read(base: Path, value, what: str):
@@ -75,7 +76,7 @@ def _read(base: Path, value, what: str):
     return value
 
 
-def from_studies(ref: str, study_roots: list[Path]) -> Record:
+def from_studies(ref: str, study_roots: list[Path]) -> RecordedResult:
     """The entry whose hash starts with `ref` in `<root>/*/runs.json` (exactly one must match)."""
     matches = []
     for root in study_roots:
@@ -88,13 +89,13 @@ def from_studies(ref: str, study_roots: list[Path]) -> Record:
     file, full, entry = matches[0]
     config = _read(file.parent, entry["config"], "config")
     reqs = _read(file.parent, entry.get("requirements"), "requirements")
-    return Record(str(file), entry.get("run_id"), full,
+    return RecordedResult(str(file), entry.get("run_id"), full,
                   OmegaConf.create(config),
                   {k: float(v) for k, v in entry["metrics"].items()},
                   "".join(f"{line}\n" for line in reqs) if isinstance(reqs, list) else reqs, entry.get("git_sha"))
 
 
-def pin(record: Record, study_dir: Path, command: str | None = None) -> Path:
+def pin(record: RecordedResult, study_dir: Path, command: str | None = None) -> Path:
     """Add `record` to `study_dir/runs.json` (config and requirements as files beside it); returns runs.json."""
     study_dir.mkdir(parents=True, exist_ok=True)
     short = short_hash(record.config_hash)
@@ -102,14 +103,14 @@ def pin(record: Record, study_dir: Path, command: str | None = None) -> Path:
     for rel, text in ((config, OmegaConf.to_yaml(record.cfg)), (env, record.requirements)):
         if text is not None:
             (study_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            (study_dir / rel).write_text(text)
+            atomic_write(study_dir / rel, text)
     file = study_dir / RUNS_FILE
     runs = json.loads(file.read_text()) if file.exists() else {}
     runs[record.config_hash] = {"config": config.as_posix(), "metrics": record.metrics,
                                 "requirements": env.as_posix() if record.requirements is not None else None,
                                 "git_sha": record.git_sha, "run_id": record.run_id,
                                 **({"command": command} if command else {})}
-    file.write_text(json.dumps(runs, indent=2, sort_keys=True) + "\n")
+    atomic_write(file, json.dumps(runs, indent=2, sort_keys=True) + "\n")
     return file
 
 

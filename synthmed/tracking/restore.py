@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from synthmed.config import instantiate
 from synthmed.models.base import GenerativeModule, load_weights
 from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import tags as tk
 
 
 @dataclass
@@ -35,7 +36,7 @@ def download(client: MlflowClient, run_id: str, artifact: str, cache: Path) -> P
     return local
 
 
-def restore(client: MlflowClient, ref: str, cache: Path, checkpoint: str = "final.ckpt") -> Restored:
+def restore_run(client: MlflowClient, ref: str, cache: Path, checkpoint: str = "final.ckpt") -> Restored:
     """Find the run by id or hash prefix, rebuild its model from the recorded config and load its weights."""
     run = mt.find_run(client, ref)
     run_id = run.info.run_id
@@ -53,7 +54,7 @@ def restore_for_sampling(cfg: DictConfig) -> tuple[MlflowClient, Restored]:
     """What `synthmed sample|evaluate|translate` start from: run `cfg.run` of the store `cfg.tracking_uri` /
     `cfg.paths.root`, restored from `cfg.checkpoint`, on `cfg.device`, sampling `cfg.batch_size` at a time."""
     client = MlflowClient(mt.tracking_uri(cfg.tracking_uri, cfg.paths.root))
-    restored = restore(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
+    restored = restore_run(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
     restored.model.to(cfg.device)
     restored.model.sample_batch_size = cfg.batch_size
     return client, restored
@@ -62,6 +63,6 @@ def restore_for_sampling(cfg: DictConfig) -> tuple[MlflowClient, Restored]:
 def provenance(restored: Restored, seed: int) -> dict:
     """The sidecar fields that tie an exported image to its run: run id, config hash, seed, model, data set."""
     tags = restored.run.data.tags
-    return {"run_id": restored.run.info.run_id, "config_hash": tags.get(mt.TAG_HASH, ""), "seed": seed,
-            "model_family": tags.get(mt.TAG_FAMILY, restored.model.family), "model": restored.cfg.model.name,
+    return {"run_id": restored.run.info.run_id, "config_hash": tags.get(tk.CONFIG_HASH, ""), "seed": seed,
+            "model_family": tags.get(tk.MODEL_FAMILY, restored.model.family), "model": restored.cfg.model.name,
             "dataset": restored.dataset.get("name")}

@@ -8,9 +8,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import tags as tk
 from synthmed.tracking.confighash import short_hash
 
-TAG_CHECKPOINT_DIR = "synthmed.checkpoint_dir"
 # Newest first: on_exception.ckpt is written at the moment of a SIGTERM or crash, last.ckpt at the last evaluation.
 CANDIDATES = ("on_exception.ckpt", "last.ckpt")
 
@@ -29,13 +29,13 @@ def newest_checkpoint(folder: Path) -> Path | None:
 def find_resume(client: MlflowClient, ref: str, full_hash: str) -> Resume:
     """The run to continue and its newest checkpoint; refuses a run recorded with another config hash."""
     run = mt.find_run(client, full_hash if ref == "last" else ref, prefer_finished=False)
-    recorded = run.data.tags.get(mt.TAG_HASH, "")
+    recorded = run.data.tags.get(tk.CONFIG_HASH, "")
     if recorded != full_hash:
         raise ValueError(
             f"resume={ref}: run {run.info.run_id} was recorded with config hash {short_hash(recorded)}, but this "
             f"config hashes to {short_hash(full_hash)}; resuming would mix two configurations. Resume with the "
             f"run's recorded config (its config/config.yaml artifact) or start a new run without resume=.")
-    folder = Path(run.data.tags.get(TAG_CHECKPOINT_DIR, ""))
+    folder = Path(run.data.tags.get(tk.CHECKPOINT_DIR, ""))
     checkpoint = newest_checkpoint(folder) if folder.name else None
     if checkpoint is None:
         raise FileNotFoundError(f"resume={ref}: run {run.info.run_id} left no checkpoint "

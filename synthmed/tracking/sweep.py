@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import tags as tk
 
-PARENT_ENV = "SYNTHMED_PARENT_RUN_ID"
 URI_ENV = "SYNTHMED_SWEEP_TRACKING_URI"
 
 
@@ -43,9 +43,9 @@ class MLflowSweepCallback(Callback):
         exp = experiment_id(self.client, str(config.experiment_name), str(config.paths.root))
         overrides = " ".join(config.hydra.overrides.task)
         run = self.client.create_run(exp, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-                                     tags={"synthmed.sweep": "parent", "synthmed.sweep_overrides": overrides})
+                                     tags={tk.SWEEP: "parent", tk.SWEEP_OVERRIDES: overrides})
         self.parent = run.info.run_id
-        os.environ[PARENT_ENV], os.environ[URI_ENV] = self.parent, uri
+        os.environ[mt.PARENT_ENV], os.environ[URI_ENV] = self.parent, uri
         # The sweeper raises on a failed job before on_multirun_end runs: close the parent at exit instead.
         atexit.register(self._close, "FAILED")
 
@@ -57,19 +57,21 @@ class MLflowSweepCallback(Callback):
             return
         children = self.client.search_runs(
             [self.client.get_run(self.parent).info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent}'")
+            filter_string=f"tags.`{tk.PARENT_RUN}` = '{self.parent}'")
         if any(c.info.status != "FINISHED" for c in children):
             status = "FAILED"
-        self.client.set_tag(self.parent, "synthmed.sweep_children", str(len(children)))
+        self.client.set_tag(self.parent, tk.SWEEP_CHILDREN, str(len(children)))
         self.client.set_terminated(self.parent, status)
-        os.environ.pop(PARENT_ENV, None)
+        os.environ.pop(mt.PARENT_ENV, None)
         self.parent = None
 
 
-def parent_tags() -> dict[str, str]:
-    """Tags that make the current job a child of the running sweep (empty outside a sweep)."""
-    parent = os.environ.get(PARENT_ENV)
-    return {"mlflow.parentRunId": parent} if parent else {}
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (`synthmed train -m ...`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def job_overrides() -> dict[str, str]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthmed.metrics import names
-from synthmed.tracking import mlflow_utils as mt
-from synthmed.tracking.directions import direction
+from synthmed.metrics.directions import direction
+from synthmed.tracking import tags as tk
 
 KNOWN_KEYS = frozenset(names.all_names().values())
 ARROWS = {"minimize": " ↓", "maximize": " ↑"}
@@ -75,7 +75,7 @@ def run_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     for g in report.groups:
         for e in g.entries:
             rows.append([g.model, g.label or "–", e.seed, e.run.info.run_name or e.run.info.run_id,
-                         e.run.info.status, e.run.data.tags.get(mt.TAG_HASH, "")[:12],
+                         e.run.info.status, e.run.data.tags.get(tk.CONFIG_HASH, "")[:12],
                          *(f"{e.metrics[c]:.4g}" if c in e.metrics else "–" for c in report.columns)])
     return header, rows
 
