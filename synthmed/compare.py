@@ -34,7 +34,7 @@ from synthmed.tracking.records import TAG_REPRODUCES
 from synthmed.tracking.runinfo import final_grid, final_metrics, key_rank, recorded_config
 from synthmed.tracking.sweep import experiment_id
 
-TAG_REPORT = "synthmed.report"
+TAG_REPORT = mt.TAG_REPORT
 OPTIONS = {"experiment": None, "runs": None, "out": None, "paths.root": None, "tracking_uri": None,
            "include_unfinished": "false", "include_parents": "false", "log": "true"}
 USAGE = ("usage: synthmed compare experiment=<name> [runs=<id|hash>,...] [out=DIR] [paths.root=DIR] "

@@ -36,6 +36,7 @@ TAG_VERSION = "synthmed.version"
 TAG_MODEL = "synthmed.model"
 TAG_EVALUATES = "synthmed.evaluates"  # on an evaluation child run (`synthmed evaluate child_run=true`): the trained run
 TAG_EVAL_GUIDANCE = "synthmed.eval.guidance_scale"  # the guidance weight an evaluation sampled with, when overridden
+TAG_REPORT = "synthmed.report"  # on a fit-for-use report run (compare, reader_study, ...): its kind
 
 
 def tracking_uri(configured: str | None, root: str | Path) -> str:
