@@ -38,9 +38,9 @@ def phantoms(n: int, seed: int, spatial_dims: int = 2, size: int = 16) -> torch.
 
 @pytest.fixture(scope="module")
 def oracle_study(tmp_path_factory) -> Path:
-    """A 12-case study: 6 real phantoms vs 6 fresh phantoms of another seed (the ideal generator)."""
+    """A 12-case study: 6 real 32 px phantoms vs 6 fresh phantoms of another seed (the ideal generator)."""
     out = tmp_path_factory.mktemp("oracle") / "study"
-    make_study(known_answer_sources(phantoms(6, 0), phantoms(6, 1), {"run_id": None}), out, seed=3)
+    make_study(known_answer_sources(phantoms(6, 0, size=32), phantoms(6, 1, size=32), {"run_id": None}), out, seed=3)
     return out
 
 
@@ -92,9 +92,9 @@ def test_nothing_served_tells_real_from_synthetic(oracle_study):
             seen.add((im.size, im.mode, im.info.get("dpi"), tuple(sorted(im.text))))
         assert png_chunks(path) == ["IHDR", "IDAT", "IEND"]  # no text, time or size chunk for either kind
         assert b"synthmed" not in path.read_bytes() and b"SYNTHETIC" not in path.read_bytes()
-    assert seen == {((16, 16), "L", None, ())}  # one size, one mode (bit depth), no text: whatever the truth
+    assert seen == {((32, 32), "L", None, ())}  # one size, one mode (bit depth), no text: whatever the truth
     page = (served / "index.html").read_text()
-    embedded = json.loads(re.search(r'id="study">(.*?)</script>', page, re.S).group(1))
+    embedded = json.loads(re.search(r'id="study">(.*?)</script>', page, re.DOTALL).group(1))
     assert all(set(c) == {"case_id", "src"} for c in embedded["cases"])
     assert "synthetic\"" not in json.dumps(embedded["cases"]) and "real_" not in page
 
@@ -212,3 +212,142 @@ def test_serve_binds_localhost_and_never_serves_the_key(oracle_study):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---- a trained run, end to end -----------------------------------------------------------------------------------
+
+SMOKE = ["debug=smoke", "model.process.num_inference_steps=2", "trainer.enable_progress_bar=false",
+         "callbacks.generation_metrics.n_samples=2", "eval.n_samples=4"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mlflow_template):
+    """One FINISHED smoke DDPM run on 16 px phantoms: (root, client, run)."""
+    from synthmed.train import train
+    from tests.conftest import compose_train
+
+    root = tmp_path_factory.mktemp("reader_root")
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    train(compose_train(root, SMOKE))
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return root, client, run
+
+
+@pytest.mark.slow  # trains a smoke DDPM (~20-45 s on 2 shared cores)
+def test_make_and_analyze_a_trained_run_logs_a_child_report(trained, tmp_path, capsys):
+    root, client, run = trained
+    study = tmp_path / "study"
+    args = ["make", f"run={run.data.tags[mt.TAG_HASH][:12]}", "n_real=5", "n_synth=4", f"out={study}",
+            f"paths.root={root}", "seed=2"]
+    assert command.main(args) == 0
+    key = key_of(study)
+    assert key["provenance"]["run_id"] == run.info.run_id and key["provenance"]["split"] == "test"
+    assert sorted(c.get("split_id", "") for c in key["cases"] if c["truth"] == "real") == \
+        [f"phantom-test-{i:05d}" for i in range(5)]
+    files = [respond(study, tmp_path, "a", perfect), respond(study, tmp_path, "b", coin)]
+    assert command.main(["analyze", str(study), *map(str, files)]) == 0  # the store recorded at make time
+    assert "logged as MLflow run" in capsys.readouterr().out
+    [child] = [r for r in client.search_runs([run.info.experiment_id]) if r.info.run_id != run.info.run_id]
+    assert child.data.tags["mlflow.parentRunId"] == run.info.run_id and child.info.status == "FINISHED"
+    assert child.data.tags[mt.TAG_REPORT] == "reader_study" and mt.TAG_HASH not in child.data.tags
+    assert child.data.metrics[N.READER_ACCURACY] == pytest.approx(json.loads(
+        (study / "analysis" / "reader_study.json").read_text())["pooled"]["accuracy"]["estimate"])
+    assert child.data.params["n_readers"] == "2" and child.data.params["n_cases"] == "9"
+    listed = {a.path for a in client.list_artifacts(child.info.run_id, "reader_study")}
+    assert listed == {"reader_study/report.md", "reader_study/report.html", "reader_study/reader_study.json"}
+    assert mt.find_run(client, run.data.tags[mt.TAG_HASH][:12]).info.run_id == run.info.run_id  # hash still resolves
+
+
+@pytest.mark.slow
+def test_make_names_the_bad_option(trained, tmp_path, capsys):
+    root, _, run = trained
+    assert command.main(["make", f"run={run.info.run_id}", "n_real=500", f"out={tmp_path / 's'}",
+                         f"paths.root={root}"]) == 2
+    assert "n_real=500" in capsys.readouterr().err
+    assert command.main(["make", "colour=blue"]) == 2
+    assert "unknown option 'colour'" in capsys.readouterr().err
+
+
+# ---- the form in a real browser ----------------------------------------------------------------------------------
+
+FLIPPED = {2, 9}  # cases the scripted reader gets wrong on purpose: 10 of 12 right
+BACK_AT = 4  # after answering this case the reader goes back once and lowers its plausibility to 1
+RELOAD_AT = 6  # after answering this case the page is reloaded: autosave must restore everything
+
+
+def scripted(truth: str, i: int) -> tuple[str, int, int]:
+    wrong = {"real": "synthetic", "synthetic": "real"}
+    return (wrong[truth] if i in FLIPPED else truth), 1 + i % 5, 5 if truth == "real" else 2
+
+
+def answer_with_keyboard(page, answer: str, confidence: int, plausibility: int) -> None:
+    page.keyboard.press("KeyR" if answer == "real" else "KeyS")
+    page.keyboard.press(f"Digit{confidence}")
+    page.keyboard.press(f"Shift+Digit{plausibility}")
+
+
+def answer_with_mouse(page, answer: str, confidence: int, plausibility: int) -> None:
+    page.get_by_label("Real" if answer == "real" else "Synthetic", exact=True).click()
+    page.locator(f"#confidence-{confidence}").click()
+    page.locator(f"#plausibility-{plausibility}").click()
+
+
+def test_a_scripted_reader_in_chromium(chromium, oracle_study, tmp_path):
+    cases = key_of(oracle_study)["cases"]
+    context = chromium.new_context(accept_downloads=True, viewport={"width": 900, "height": 640})
+    page = context.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto((oracle_study / "served" / "index.html").as_uri())
+    unlabelled = page.evaluate("[...document.querySelectorAll('input, progress')].filter(e => !e.labels.length)"
+                               ".map(e => e.id)")
+    assert unlabelled == []  # every control has a label
+    page.locator("#reader").click()
+    page.keyboard.type("reader-7")
+    page.keyboard.press("Enter")
+    i = 0
+    while i < len(cases):
+        assert page.locator("#case-h").inner_text() == f"Case {i + 1} of {len(cases)}"
+        answer, confidence, plausibility = scripted(cases[i]["truth"], i)
+        if i % 2 == 0:
+            answer_with_keyboard(page, answer, confidence, plausibility)
+        else:
+            answer_with_mouse(page, answer, confidence, plausibility)
+        if i == 3:
+            page.screenshot(path=str(tmp_path / "form.png"))
+        (page.keyboard.press("Enter") if i % 2 == 0 else page.locator("#next").click())
+        if i == BACK_AT:
+            page.keyboard.press("KeyB")  # back once: the answers are still there, change one
+            assert page.locator("#case-h").inner_text() == f"Case {i + 1} of {len(cases)}"
+            assert page.locator(f"#confidence-{confidence}").is_checked()
+            page.keyboard.press("Shift+Digit1")
+            page.locator("#next").click()
+        if i == RELOAD_AT:
+            page.reload()
+            assert page.locator("#status").inner_text() == f"Restored {i + 1} saved answers for reader reader-7."
+            assert page.locator("#answered").inner_text() == str(i + 1)
+        i += 1
+    assert page.locator("#done").is_visible()
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    file = tmp_path / "responses" / download.value.suggested_filename
+    download.value.save_as(file)
+    assert all(u.startswith(("file:", "blob:", "data:")) for u in requests), requests  # no network
+
+    page.set_viewport_size({"width": 450, "height": 640})  # 900 px at 200 % zoom: nothing may overflow sideways
+    page.locator("#review").click()
+    assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    assert page.locator("#next").is_visible() and page.locator("#plausibility-5").is_visible()
+    context.close()
+
+    data = json.loads(file.read_text())
+    assert data["reader_id"] == "reader-7" and data["study_id"] == key_of(oracle_study)["study_id"]
+    assert [r["case_id"] for r in data["responses"]] == [c["case_id"] for c in cases]
+    assert data["responses"][BACK_AT]["plausibility"] == 1 and all(r["answered_at"] for r in data["responses"])
+    result = analysis.analyze(oracle_study, [file])
+    assert result["readers"]["reader-7"]["accuracy"]["k"] == len(cases) - len(FLIPPED)
+    if os.environ.get("SYNTHMED_UPDATE_SCREENSHOTS") == "1":  # refresh the README's picture of the form
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "form.png", SCREENSHOT)
+    assert (tmp_path / "form.png").stat().st_size < 150_000

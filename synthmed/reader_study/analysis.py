@@ -133,9 +133,9 @@ def analyze(folder: str | Path, files: list[str | Path], margin: float = DEFAULT
     readers = load_readers(files, manifest)
     per_reader = {r.reader_id: stats.reader_summary(truth, r.said_synth, r.confidence, r.plausibility, margin)
                   for r in readers}
-    stack = lambda attr: np.concatenate([getattr(r, attr) for r in readers])  # noqa: E731
-    pooled = stats.reader_summary(np.tile(truth, len(readers)), stack("said_synth"), stack("confidence"),
-                                  stack("plausibility"), margin)
+    pooled = stats.reader_summary(np.tile(truth, len(readers)), *(np.concatenate([getattr(r, a) for r in readers])
+                                                                 for a in ("said_synth", "confidence", "plausibility")),
+                                  margin)
     said = {r.reader_id: r.said_synth.astype(int) for r in readers}
     return {"format": REPORT_FORMAT, "study_id": manifest["study_id"], "title": manifest.get("title"),
             "run_id": key.get("provenance", {}).get("run_id"), "provenance": key.get("provenance", {}),

@@ -100,8 +100,8 @@ def to_html(result: dict) -> str:
            "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #bbb;padding:.3rem .5rem;"
            "text-align:left;vertical-align:top}th{background:#eee}")
     parts = [f"<h1>{title}</h1>",
-             f"<p>Study <code>{html.escape(result['study_id'])}</code>, generator run "
-             f"<code>{html.escape(result.get('run_id') or '-')}</code>.</p>",
+             (f"<p>Study <code>{html.escape(result['study_id'])}</code>, generator run "
+              f"<code>{html.escape(result.get('run_id') or '-')}</code>.</p>"),
              f"<p><strong>{html.escape(summary(result))}</strong></p>",
              "<h2>Real or synthetic</h2>", _html_table(HEADER, rows(result)), f"<p>{html.escape(POOLED_CAVEAT)}</p>",
              "<h2>Agreement between readers</h2>", _html_table(["pair", "n cases", "kappa", "95 % CI"], agreement(result)),
