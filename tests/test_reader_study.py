@@ -129,6 +129,8 @@ def test_3d_and_16_bit_cases_are_matched_too(tmp_path):
 def test_make_refuses_bad_input(tmp_path, oracle_study):
     with pytest.raises(ValueError, match="differ in shape"):
         make_study(known_answer_sources(phantoms(2, 0), phantoms(2, 0, size=32)), tmp_path / "a")
+    with pytest.raises(ValueError, match="synthetic images hold NaN"):
+        make_study(known_answer_sources(phantoms(2, 0), torch.full((2, 1, 16, 16), float("nan"))), tmp_path / "b")
     with pytest.raises(FileExistsError, match="not empty"):
         make_study(known_answer_sources(phantoms(2, 0), phantoms(2, 1)), oracle_study)
 
@@ -145,6 +147,7 @@ def test_analyze_scripted_readers(oracle_study, tmp_path):
     assert expert["plausibility"]["difference"] == -3.0
     assert novice["accuracy"]["n"] == 12 and novice["verdict"]["code"] == "not_shown_to_differ"
     assert result["pooled"]["n"] == 24 and result["n_readers"] == 2 and result["cohen_kappa"][0]["n"] == 12
+    assert result["pooled"]["clustered"]["n_cases"] == 12 and result["pooled"]["clustered"]["n_readers"] == 2
     md = (out / "report.md").read_text()
     assert "not shown to differ" in md and "indistinguishable within" not in md
     assert "<table>" in (out / "report.html").read_text() and "http" not in (out / "report.html").read_text()

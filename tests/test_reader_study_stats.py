@@ -137,3 +137,26 @@ def test_reader_summary_known_answer_readers():
     always_synth = S.reader_summary(truth, np.ones(100, bool), conf, plaus, 0.10)
     assert always_synth["sensitivity"]["estimate"] == 1 and always_synth["specificity"]["estimate"] == 0
     assert always_synth["accuracy"]["estimate"] == 0.5 and always_synth["auc"]["estimate"] == 0.5
+
+
+def test_pooling_identical_readers_does_not_buy_equivalence():
+    """Five readers who answer every case alike (at 50 %) carry the information of one reader: the naive exact TOST
+    over 200 readings would call them equivalent, the two-way bootstrap over cases and readers must not."""
+    correct = np.repeat((np.arange(40) % 2 == 0)[:, None], 5, axis=1).astype(float)  # 20 of 40 right, all alike
+    assert S.equivalence(int(correct.sum()), correct.size, 0.10)["equivalent"]  # the naive test is fooled
+    clustered = S.clustered_accuracy(correct, 0.10)
+    assert not clustered["equivalent"] and clustered["verdict"]["code"] == "not_shown_to_differ"
+    one = S.proportion(20, 40)["ci95"]  # about one reader's exact interval, not five readers' worth
+    assert clustered["ci95"][0] < 0.5 - 0.1 and clustered["ci95"][1] > 0.5 + 0.1
+    assert abs((clustered["ci95"][1] - clustered["ci95"][0]) - (one[1] - one[0])) < 0.08
+
+
+def test_pooling_independent_readers_at_chance_shows_equivalence():
+    rng = np.random.default_rng(5)
+    correct = (rng.random((200, 6)) < 0.5).astype(float)  # independent coin flips: cases and readers alike
+    clustered = S.clustered_accuracy(correct, 0.10)
+    assert clustered["equivalent"] and clustered["verdict"]["code"] == "indistinguishable"
+    assert clustered["n_cases"] == 200 and clustered["n_readers"] == 6
+    assert clustered["ci95"][0] < correct.mean() < clustered["ci95"][1]
+    skilled = S.clustered_accuracy((rng.random((60, 4)) < 0.85).astype(float), 0.10)
+    assert skilled["verdict"]["code"] == "distinguishable"

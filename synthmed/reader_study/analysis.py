@@ -136,6 +136,10 @@ def analyze(folder: str | Path, files: list[str | Path], margin: float = DEFAULT
     pooled = stats.reader_summary(np.tile(truth, len(readers)), *(np.concatenate([getattr(r, a) for r in readers])
                                                                  for a in ("said_synth", "confidence", "plausibility")),
                                   margin)
+    # The pooled verdict rests on the interval that treats cases and readers as samples, not on the exact test over
+    # all readings (which counts a case seen by ten readers as ten independent observations).
+    pooled["clustered"] = stats.clustered_accuracy(np.stack([r.said_synth == truth for r in readers], axis=1), margin)
+    pooled["verdict"] = pooled["clustered"]["verdict"]
     said = {r.reader_id: r.said_synth.astype(int) for r in readers}
     return {"format": REPORT_FORMAT, "study_id": manifest["study_id"], "title": manifest.get("title"),
             "run_id": key.get("provenance", {}).get("run_id"), "provenance": key.get("provenance", {}),

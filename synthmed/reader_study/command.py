@@ -91,6 +91,7 @@ def source_images(opts: dict) -> Sources:
     from synthmed.tracking.restore import provenance, restore_for_sampling
 
     register_resolvers()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per small file is noise
     root = _root(opts)
     cfg = OmegaConf.create({"run": opts["run"], "tracking_uri": opts["tracking_uri"], "checkpoint": opts["checkpoint"],
                             "device": opts["device"], "batch_size": _int(opts, "batch_size", 1),
@@ -208,9 +209,13 @@ COMMANDS = {"make": make, "serve": serve, "analyze": analyze}
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
-        print(USAGE + "\n\n" + (__doc__ or "").split("\n\n", 1)[0], file=sys.stdout if argv else sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(USAGE + "\n\n" + (__doc__ or "").split("\n\n", 1)[0])
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        print(f"synthmed reader-study: give one of {', '.join(COMMANDS)}" + (f", not '{argv[0]}'" if argv else "")
+              + f"\n{USAGE}", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
     except (LookupError, ValueError, FileExistsError, FileNotFoundError) as err:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import html
 
-POOLED_CAVEAT = ("Pooled rows count every reading; readings of one case by several readers are not independent, so "
-                 "pooled intervals and p-values are optimistic. The per-reader rows are exact.")
+POOLED_CAVEAT = ("The pooled row's exact columns count every reading as independent, but readings of one case by "
+                 "several readers are not, so they are optimistic. The pooled verdict therefore rests on the two-way "
+                 "(cases x readers) bootstrap interval quoted in the summary above; the per-reader rows are exact.")
 
 
 def _pct(x: float | None) -> str:
@@ -54,11 +55,12 @@ def agreement(result: dict) -> list[list[str]]:
 
 
 def summary(result: dict) -> str:
-    """The one sentence to quote, with its n."""
-    p = result["pooled"]
+    """The one sentence to quote, with its n and the interval the verdict rests on."""
+    p, c = result["pooled"], result["pooled"]["clustered"]
     return (f"Pooled over {result['n_readers']} readers and {result['n_cases']} cases ({result['n_real']} real, "
-            f"{result['n_synthetic']} synthetic; n = {p['n']} readings): accuracy {_pct(p['accuracy']['estimate'])} "
-            f"{_ci(p['accuracy']['ci95'])}; {p['verdict']['text']}.")
+            f"{result['n_synthetic']} synthetic; n = {p['n']} readings): accuracy {_pct(c['estimate'])}, 95 % CI "
+            f"{_ci(c['ci95'])} and 90 % CI {_ci(c['ci90'])} (two-way bootstrap over cases and readers); "
+            f"{p['verdict']['text']}.")
 
 
 def _md_table(header: list[str], body: list[list[str]]) -> str:
@@ -71,7 +73,9 @@ def _method(result: dict) -> str:
     return (f"Accuracy, sensitivity (synthetic called synthetic) and specificity (real called real) with exact "
             f"Clopper-Pearson 95 % intervals; exact two-sided binomial test against 50 %; equivalence by two one-sided "
             f"exact binomial tests (TOST) with margin +-{m} points at alpha {result['alpha']}: only a significant TOST "
-            f"allows \"indistinguishable\", a non-significant difference alone reads \"not shown to differ\". AUC of "
+            f"allows \"indistinguishable\", a non-significant difference alone reads \"not shown to differ\". The pooled "
+            f"verdict uses a two-way bootstrap over cases and readers (2000 resamples, seed 0): different when its 95 % "
+            f"interval excludes 50 %, equivalent when its 90 % interval lies inside the margin. AUC of "
             f"the confidence-weighted answer (-5 sure real .. +5 sure synthetic) with the Hanley-McNeil interval. "
             f"Plausibility (1-5): Welch interval of the mean difference, Mann-Whitney U test. Kappa intervals: "
             f"percentile bootstrap over cases (2000 resamples, seed 0).")

@@ -169,22 +169,52 @@ def _mean(x: np.ndarray) -> dict:
 
 
 def verdict(acc: dict, chance: dict, equiv: dict) -> dict:
-    """The sentence a report may print about accuracy vs chance. Only an equivalence test earns "indistinguishable"."""
-    different, equivalent = chance["p_value"] < ALPHA, equiv["equivalent"]
-    m = f"{equiv['margin'] * 100:g}"
-    if different and acc["estimate"] > 0.5:
+    """The sentence a report may print about one reader's accuracy vs chance (exact tests)."""
+    return judge(acc["estimate"], chance["p_value"] < ALPHA, equiv["equivalent"], equiv["margin"])
+
+
+def judge(estimate: float, different: bool, equivalent: bool, margin: float) -> dict:
+    """Accuracy vs chance in words. Only a shown equivalence earns "indistinguishable"."""
+    m = f"{margin * 100:g}"
+    if different and estimate > 0.5:
         code = "above_chance_within_margin" if equivalent else "distinguishable"
         text = ("above chance, yet within the +-" + m + " point equivalence margin" if equivalent else
                 "real and synthetic told apart: accuracy above 50 %")
     elif different:
         code, text = "below_chance", "accuracy below 50 %: readers systematically took one kind for the other"
     elif equivalent:
-        code, text = "indistinguishable", f"indistinguishable within +-{m} points (equivalence shown by TOST)"
+        code, text = "indistinguishable", f"indistinguishable within +-{m} points (equivalence shown)"
     else:
         code = "not_shown_to_differ"
         text = (f"not shown to differ from chance, and equivalence within +-{m} points not shown either "
                 "(too few readings to say)")
     return {"code": code, "text": text}
+
+
+def clustered_accuracy(correct: np.ndarray, margin: float) -> dict:
+    """Pooled accuracy with readers and cases both treated as samples: a two-way bootstrap.
+
+    Readings of one case by several readers are not independent (an easy case is easy for all), so the exact
+    binomial interval over all readings is too narrow; resampling cases and readers independently (Obuchowski's
+    multi-reader multi-case setting) gives an interval that covers both sources of variance. Equivalence: the 90 %
+    interval inside 50 % +- margin (the interval form of TOST at 5 %).
+
+    Args:
+        correct: `[n_cases, n_readers]` 1 where the reader was right.
+    """
+    rng = np.random.default_rng(BOOT_SEED)
+    n_cases, n_readers = correct.shape
+    cases = rng.integers(0, n_cases, (N_BOOT, n_cases))
+    readers = rng.integers(0, n_readers, (N_BOOT, n_readers))
+    reps = correct[cases[:, :, None], readers[:, None, :]].mean(axis=(1, 2))
+    ci95 = [float(np.quantile(reps, ALPHA / 2)), float(np.quantile(reps, 1 - ALPHA / 2))]
+    ci90 = [float(np.quantile(reps, ALPHA)), float(np.quantile(reps, 1 - ALPHA))]
+    different = not ci95[0] <= 0.5 <= ci95[1]
+    equivalent = 0.5 - margin < ci90[0] and ci90[1] < 0.5 + margin
+    return {"estimate": float(correct.mean()), "ci95": ci95, "ci90": ci90, "n_cases": n_cases,
+            "n_readers": n_readers, "different": different, "equivalent": equivalent, "margin": margin,
+            "method": f"two-way bootstrap over cases and readers ({N_BOOT} resamples, seed {BOOT_SEED})",
+            "verdict": judge(float(correct.mean()), different, equivalent, margin)}
 
 
 def reader_summary(is_synth: np.ndarray, said_synth: np.ndarray, confidence: np.ndarray, rating: np.ndarray,

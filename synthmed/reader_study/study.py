@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
 
@@ -83,7 +84,8 @@ def to_pictures(images: Tensor) -> Tensor:
 def pixels(picture: Tensor, bits: int) -> np.ndarray:
     """`[C, H, W]` in [-1, 1] -> the PNG's integers, by the same rule as `export.write_png` (so both match)."""
     levels = 2 ** bits - 1
-    x = np.rint((picture.numpy() + 1.0) * 0.5 * levels).astype(np.uint16 if bits == 16 else np.uint8)
+    x = np.clip(picture.detach().cpu().double().numpy(), -1.0, 1.0)  # float64 like write_png: same rounding
+    x = np.rint((x + 1.0) * 0.5 * levels).astype(np.uint16 if bits == 16 else np.uint8)
     return x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
 
 
@@ -101,6 +103,9 @@ def _check(sources: Sources) -> None:
     if real.shape[1:] != synth.shape[1:]:
         raise ValueError(f"real images {list(real.shape[1:])} and synthetic {list(synth.shape[1:])} differ in shape: "
                          "a reader would tell them apart by size")
+    for name, images in (("real", real), ("synthetic", synth)):
+        if not torch.isfinite(images).all():
+            raise ValueError(f"the {name} images hold NaN/Inf values: refusing to show them to readers")
     if len(sources.real_ids) != len(real):
         raise ValueError(f"{len(sources.real_ids)} real ids for {len(real)} real images")
 
