@@ -317,6 +317,9 @@ def test_a_scripted_reader_in_chromium(chromium, oracle_study, tmp_path):
             answer_with_keyboard(page, answer, confidence, plausibility)
         else:
             answer_with_mouse(page, answer, confidence, plausibility)
+        if i == 0:  # the case image really loads from disk (the page's CSP must allow it)
+            page.wait_for_function("document.getElementById('image').complete")
+            assert page.evaluate("document.getElementById('image').naturalWidth") == 32
         if i == 3:
             page.screenshot(path=str(tmp_path / "form.png"))
         (page.keyboard.press("Enter") if i % 2 == 0 else page.locator("#next").click())

@@ -240,7 +240,7 @@ def render_form(study_id: str, title: str, cases: list[dict]) -> str:
             .replace("__CONF__", _scale("confidence", "guessing", "certain"))
             .replace("__PLAUS__", _scale("plausibility", "implausible", "fully plausible")))
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<link rel="icon" href="data:,">\n'
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self' file: data:; "
             f"style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>{body}"
