@@ -297,6 +297,8 @@ def answer_with_mouse(page, answer: str, confidence: int, plausibility: int) -> 
 
 
 def test_a_scripted_reader_in_chromium(chromium, oracle_study, tmp_path):
+    from playwright.sync_api import expect
+
     cases = key_of(oracle_study)["cases"]
     context = chromium.new_context(accept_downloads=True, viewport={"width": 900, "height": 640})
     page = context.new_page()
@@ -311,7 +313,7 @@ def test_a_scripted_reader_in_chromium(chromium, oracle_study, tmp_path):
     page.keyboard.press("Enter")
     i = 0
     while i < len(cases):
-        assert page.locator("#case-h").inner_text() == f"Case {i + 1} of {len(cases)}"
+        expect(page.locator("#case-h")).to_have_text(f"Case {i + 1} of {len(cases)}")
         answer, confidence, plausibility = scripted(cases[i]["truth"], i)
         if i % 2 == 0:
             answer_with_keyboard(page, answer, confidence, plausibility)
@@ -325,16 +327,16 @@ def test_a_scripted_reader_in_chromium(chromium, oracle_study, tmp_path):
         (page.keyboard.press("Enter") if i % 2 == 0 else page.locator("#next").click())
         if i == BACK_AT:
             page.keyboard.press("KeyB")  # back once: the answers are still there, change one
-            assert page.locator("#case-h").inner_text() == f"Case {i + 1} of {len(cases)}"
-            assert page.locator(f"#confidence-{confidence}").is_checked()
+            expect(page.locator("#case-h")).to_have_text(f"Case {i + 1} of {len(cases)}")
+            expect(page.locator(f"#confidence-{confidence}")).to_be_checked()
             page.keyboard.press("Shift+Digit1")
             page.locator("#next").click()
         if i == RELOAD_AT:
             page.reload()
-            assert page.locator("#status").inner_text() == f"Restored {i + 1} saved answers for reader reader-7."
-            assert page.locator("#answered").inner_text() == str(i + 1)
+            expect(page.locator("#status")).to_have_text(f"Restored {i + 1} saved answers for reader reader-7.")
+            expect(page.locator("#answered")).to_have_text(str(i + 1))
         i += 1
-    assert page.locator("#done").is_visible()
+    expect(page.locator("#done")).to_be_visible()
     with page.expect_download() as download:
         page.locator("#download").click()
     file = tmp_path / "responses" / download.value.suggested_filename
@@ -343,6 +345,7 @@ def test_a_scripted_reader_in_chromium(chromium, oracle_study, tmp_path):
 
     page.set_viewport_size({"width": 450, "height": 640})  # 900 px at 200 % zoom: nothing may overflow sideways
     page.locator("#review").click()
+    expect(page.locator("#case")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
     assert page.locator("#next").is_visible() and page.locator("#plausibility-5").is_visible()
     context.close()
