@@ -153,6 +153,16 @@ def test_analyze_scripted_readers(oracle_study, tmp_path):
     assert "<table>" in (out / "report.html").read_text() and "http" not in (out / "report.html").read_text()
 
 
+def test_analyze_names_a_store_without_the_generator_run(tmp_path, run_root, capsys):
+    study = tmp_path / "study"
+    make_study(known_answer_sources(phantoms(2, 0), phantoms(2, 1), {"run_id": "0" * 32}), study)
+    files = [str(respond(study, tmp_path, "r1", perfect))]
+    assert command.main(["analyze", str(study), *files, f"paths.root={run_root}"]) == 2
+    assert f"generator run {'0' * 32} is not in sqlite:///{run_root}" in capsys.readouterr().err
+    assert (study / "analysis" / "reader_study.json").is_file()  # the report is kept
+    assert command.main(["analyze", str(study), *files, "log=false"]) == 0
+
+
 def _broken(kind: str, study: Path, tmp: Path) -> tuple[list[Path], str]:
     """Response files (and maybe a damaged key) for one kind of bad input, and the file the error must name."""
     good = respond(study, tmp, "r1", perfect)

@@ -162,6 +162,7 @@ def write_report(result: dict, out: Path) -> Path:
 
 def log_to_mlflow(result: dict, out: Path, opts: dict) -> str:
     """The report as a child run of the generator run (`synthmed.report=reader_study`, artifacts reader_study/)."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from synthmed.metrics import names as N
@@ -178,6 +179,11 @@ def log_to_mlflow(result: dict, out: Path, opts: dict) -> str:
                N.READER_PLAUSIBILITY_DIFF: pooled["plausibility"]["difference"]}
     params = {"study_id": result["study_id"], "n_cases": str(result["n_cases"]), "n_readers": str(result["n_readers"]),
               "n_readings": str(pooled["n"]), "margin": str(result["margin"]), "verdict": pooled["verdict"]["code"]}
+    try:
+        client.get_run(result["run_id"])
+    except MlflowException:
+        raise LookupError(f"generator run {result['run_id']} is not in {client.tracking_uri}: give paths.root= or "
+                          f"tracking_uri= of its store, or log=false (the report is in {out})") from None
     return log_report_child(client, result["run_id"], "reader_study", out, "reader_study", metrics, params)
 
 
