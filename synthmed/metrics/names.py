@@ -41,6 +41,13 @@ PSNR_HU = "val/psnr_hu"
 SSIM_HU = "val/ssim_hu"
 MAE_HU_IDENTITY = "val/mae_hu_identity"  # the identity mapping (source read as target), the baseline to beat
 
+# Reader studies (`synthmed reader-study analyze`), on the report's child run; pooled over all readings.
+READER_ACCURACY = "reader_study/accuracy"  # share of readings right about real vs synthetic: target 0.5, not a direction
+READER_AUC = "reader_study/auc"  # ROC AUC of the confidence-weighted "synthetic" answer: target 0.5
+READER_FLEISS_KAPPA = "reader_study/fleiss_kappa"  # agreement of all readers on "synthetic"
+READER_EQUIVALENCE_P = "reader_study/equivalence_p"  # TOST p-value of |accuracy - 0.5| < margin
+READER_PLAUSIBILITY_DIFF = "reader_study/plausibility_diff"  # mean plausibility, synthetic minus real (1-5 scale)
+
 
 def per_class(key: str, cls: int) -> str:
     """``val/cond_accuracy`` -> ``val/cond_accuracy_class1``: the metric over samples requested as class ``cls``."""
@@ -61,3 +68,4 @@ def on_real(key: str) -> str:
 def all_names() -> dict[str, str]:
     """Constant name -> metric key, for the `metric:` config resolver and for tests."""
     return {k: v for k, v in globals().items() if k.isupper() and isinstance(v, str)}
+
