@@ -19,7 +19,8 @@ from tests.conftest import compose_train
 from tests.test_models_ldm import vae_ckpt  # noqa: F401  (module fixture: a 2-step VAE run folder)
 
 SMOKE3D = ["debug=smoke", "dataset=phantom3d", "dataset.datamodule.dataset.n_train=8",
-           "dataset.datamodule.dataset.n_val=4", "model.process.num_inference_steps=2"]
+           "dataset.datamodule.dataset.n_val=4", "dataset.datamodule.dataset.n_test=4",
+           "model.process.num_inference_steps=2"]
 
 
 def tiny_unet(cond_dim: int | None = None) -> DiffusionModelUNet:
@@ -43,7 +44,7 @@ def test_checkpointed_unet_has_plain_outputs_and_gradients(cond_dim):
     plain = tiny_unet(cond_dim)
     ckpt = checkpoint_unet(copy.deepcopy(plain))
     assert is_checkpointed(ckpt) and not is_checkpointed(plain)
-    x, t = torch.randn(2, 1, 16, 16, 16), torch.tensor([3, 700])
+    x, t = torch.randn(2, 1, 8, 8, 8), torch.tensor([3, 700])
     kw = {"context": torch.rand(2, 1, cond_dim)} if cond_dim else {}
     out0, g0 = forward_backward(plain, x, t, **kw)
     out1, g1 = forward_backward(ckpt, x, t, **kw)
