@@ -25,7 +25,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import re
 import runpy
 import statistics
@@ -42,21 +41,24 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fid as fid_bench  # noqa: E402  (benchmarks/fid.py)
-import sampling as bench  # noqa: E402  (benchmarks/sampling.py)
-from overhead import StepTimer  # noqa: E402
+import fid as fid_bench
+import sampling as bench
+from overhead import StepTimer
 
-from synthmed.config import instantiate  # noqa: E402
-from synthmed.models.base import ema_multi_avg_fn  # noqa: E402
-from synthmed.tracking.mlflow_utils import artifact_location  # noqa: E402
+from synthmed.config import instantiate
+from synthmed.models.base import ema_multi_avg_fn
+from synthmed.tracking.mlflow_utils import artifact_location
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = {"sizes": [64, 128], "batch": 64, "steps": 30, "warmup": 10, "repeats": 2, "compile_repeats": 1,
         "sample_n": 64, "sample_size": 64, "ddim_steps": 50, "fid_images": 10_000, "fid_size": 64,
-        "ddpm3d": [64, 48, 32], "vae3d": [96, 80, 64], "batch3d": 2, "ddp_steps": 30}
+        "ddpm3d": [64, 48, 32], "vae3d": [96, 80, 64], "batch3d": 2, "ddp_steps": 30, "sample_repeats": 3,
+        "fid_dims": 2048, "unet": [], "vae": []}
 DRY = {"sizes": [16], "batch": 4, "steps": 3, "warmup": 1, "repeats": 1, "compile_repeats": 1,
        "sample_n": 2, "sample_size": 16, "ddim_steps": 2, "fid_images": 8, "fid_size": 16,
-       "ddpm3d": [16], "vae3d": [16], "batch3d": 1, "ddp_steps": 3}
+       "ddpm3d": [16], "vae3d": [16], "batch3d": 1, "ddp_steps": 3, "sample_repeats": 1, "fid_dims": 64,
+       "unet": ["model.net.channels=[8,16,16]", "model.net.norm_num_groups=8", "model.net.num_head_channels=8"],
+       "vae": ["model.autoencoder.channels=[8,8,8]", "model.autoencoder.norm_num_groups=8"]}
 SETTINGS = {"fp32": ("32-true", False), "bf16": ("bf16-mixed", False), "bf16+compile": ("bf16-mixed", True)}
 
 
@@ -95,7 +97,7 @@ def plain_loop(model, loader, device, precision: str, compiled: bool, steps: int
     return (steps - warmup) * batch_size / (time.perf_counter() - start)
 
 
-def compose_cfg(root: Path, size: int, batch: int, n_train: int):
+def compose_cfg(root: Path, size: int, batch: int, n_train: int, extra: list[str]):
     """The train config of the default DDPM on the 2D phantoms, everything under `root`."""
     from hydra import compose, initialize_config_dir
 
@@ -106,7 +108,7 @@ def compose_cfg(root: Path, size: int, batch: int, n_train: int):
         return compose("train", overrides=[
             f"paths.root={root}", f"paths.output_dir={root}/out", f"dataset.size={size}",
             f"dataset.datamodule.batch_size={batch}", f"dataset.datamodule.dataset.n_train={n_train}",
-            "dataset.datamodule.dataset.n_val=8", "dataset.datamodule.dataset.n_test=8"])
+            "dataset.datamodule.dataset.n_val=8", "dataset.datamodule.dataset.n_test=8", *extra])
 
 
 def synthmed_loop(cfg, model, datamodule, device, precision: str, compiled: bool, steps: int, warmup: int,
@@ -131,7 +133,7 @@ def part_train(p: dict, device: torch.device, root: Path) -> dict:
     """Plain vs synthmed images/s per image size and precision setting, alternating runs."""
     out = {}
     for size in p["sizes"]:
-        cfg = compose_cfg(root, size, p["batch"], n_train=max(4 * p["batch"], 16))
+        cfg = compose_cfg(root, size, p["batch"], max(4 * p["batch"], 16), p["unet"])
         datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
         datamodule.setup("fit")
         pl.seed_everything(0)
@@ -161,8 +163,8 @@ def copy_of(model):
 
 # ---- 2. sampling ----------------------------------------------------------------------------------------------------
 def part_sampling(p: dict, device: torch.device, root: Path) -> dict:
-    model = bench.ddpm_model(root, p["sample_size"], 2, p["ddim_steps"])
-    result = bench.sampling_side_by_side(model, p["sample_n"], max(p["repeats"], 2), device)
+    model = bench.ddpm_model(root, p["sample_size"], 2, p["ddim_steps"], *p["unet"])
+    result = bench.sampling_side_by_side(model, p["sample_n"], p["sample_repeats"], device)
     print(f"sampling DDIM-{p['ddim_steps']}: ratio synthmed/MONAI {result['ratio']:.3f}", flush=True)
     return result | {"size": p["sample_size"]}
 
@@ -179,7 +181,7 @@ def run_module(module: str, argv: list[str]) -> tuple[float, float]:
             if stop.code not in (0, None):
                 raise RuntimeError(f"python -m {module} {' '.join(argv)} exited with {stop.code}") from None
     wall = time.perf_counter() - start
-    found = re.search(r"^FID:\s+(\S+)", buf.getvalue(), re.M)
+    found = re.search(r"^FID:\s+(\S+)", buf.getvalue(), re.MULTILINE)
     if found is None:
         raise RuntimeError(f"python -m {module} printed no FID line: {buf.getvalue()[-500:]}")
     return float(found.group(1)), wall
@@ -209,7 +211,8 @@ def part_fid(p: dict, device: torch.device, tmp: Path, dry: bool) -> dict:
     half = p["fid_images"] // 2
     real = fid_bench.write_pngs(tmp / "real", half, p["fid_size"], seed=0, brightness=0.0)
     fake = fid_bench.write_pngs(tmp / "fake", half, p["fid_size"], seed=1, brightness=0.3)
-    argv = [str(fake), str(real), "--device", str(device)] + (["--num-workers", "0"] if dry else [])
+    argv = [str(fake), str(real), "--device", str(device), "--dims", str(p["fid_dims"])]
+    argv += ["--num-workers", "0"] if dry else []
     with fid_weights(tmp) as weights:
         runs = {}
         for name, module in (("pytorch_fid", "pytorch_fid"), ("synthmed", "synthmed.metrics.fid_cli")):
@@ -218,17 +221,17 @@ def part_fid(p: dict, device: torch.device, tmp: Path, dry: bool) -> dict:
     ratio = runs["synthmed"]["images_per_s"] / runs["pytorch_fid"]["images_per_s"]
     print(f"fid: pytorch-fid {runs['pytorch_fid']['images_per_s']:.1f}, synthmed "
           f"{runs['synthmed']['images_per_s']:.1f} images/s, ratio {ratio:.3f}", flush=True)
-    return {"images": 2 * half, "size": p["fid_size"], "weights": weights, "runs": runs, "ratio": ratio,
+    return {"images": 2 * half, "size": p["fid_size"], "dims": p["fid_dims"], "weights": weights, "runs": runs, "ratio": ratio,
             "abs_fid_difference": abs(runs["synthmed"]["fid"] - runs["pytorch_fid"]["fid"])}
 
 
 # ---- 4. 3D memory -----------------------------------------------------------------------------------------------
-def vae_pair(root: Path, size: int) -> dict:
+def vae_pair(root: Path, size: int, extra: list[str]) -> dict:
     """The default VAE (conf/model/vae.yaml) on `size`^3 volumes, with and without MONAI's use_checkpoint."""
     models = {}
     for key, flag in (("plain", "false"), ("checkpointed", "true")):
         models[key] = bench.ddpm_model(root, size, 3, None, "model=vae",
-                                     f"model.autoencoder.use_checkpoint={flag}")
+                                     f"model.autoencoder.use_checkpoint={flag}", *extra)
     models["checkpointed"].load_state_dict(models["plain"].state_dict())
     return models
 
@@ -270,22 +273,21 @@ def largest_fitting(sizes: list[int], build, measure) -> dict:
 def part_memory3d(p: dict, device: torch.device, root: Path) -> dict:
     def measure(pair, size):
         x = torch.rand(p["batch3d"], 1, size, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        return bench.checkpointing_side_by_side(pair, x.to(device), max(p["repeats"], 2))
+        return bench.checkpointing_side_by_side(pair, x.to(device), p["repeats"])
 
-    out = {"ddpm": largest_fitting(p["ddpm3d"], lambda s: bench.checkpointing_pair(root, s), measure),
-           "vae": largest_fitting(p["vae3d"], lambda s: {k: VAEStep(v) for k, v in vae_pair(root, s).items()},
+    out = {"ddpm": largest_fitting(p["ddpm3d"], lambda s: bench.checkpointing_pair(root, s, *p["unet"]), measure),
+           "vae": largest_fitting(p["vae3d"], lambda s: {k: VAEStep(v) for k, v in vae_pair(root, s, p["vae"]).items()},
                                   measure)}
     for name, r in out.items():
         if "ratios" in r:
-            print(f"memory3d {name} {r['size']}^3: peak ratio {r['ratios']['peak_memory']:.3f}, step time ratio "
-                  f"{r['ratios']['step_time']:.3f}", flush=True)
+            print(f"memory3d {name} {r['size']}^3: checkpointed/plain {r['ratios']}", flush=True)
     return out
 
 
 # ---- 5. DDP scaling -------------------------------------------------------------------------------------------------
 def ddp_worker(p: dict, devices: int, device: torch.device, root: Path) -> float:
     """synthmed's loop (bf16 on CUDA) on `devices` devices; per-device batch p["batch"]: images/s over all ranks."""
-    cfg = compose_cfg(root, p["sizes"][0], p["batch"], n_train=max(4 * p["batch"] * devices, 16))
+    cfg = compose_cfg(root, p["sizes"][0], p["batch"], max(4 * p["batch"] * devices, 16), p["unet"])
     datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
     pl.seed_everything(0)
     model = instantiate(cfg.model, "model")
@@ -317,16 +319,16 @@ def part_ddp(p: dict, device: torch.device, root: Path, dry: bool) -> dict:
 # ---- driver ---------------------------------------------------------------------------------------------------------
 def environment(device: torch.device) -> dict:
     env = bench.machine()
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True)
+                           text=True, check=False)
     env["commit"] = (git.stdout.strip() or "unknown") + ("-dirty" if dirty.stdout.strip() else "")
     env["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     env["device"] = str(device)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
         env |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
                 "gpu_count": torch.cuda.device_count(), "cuda": torch.version.cuda,
                 "driver": smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else "unknown"}
@@ -357,8 +359,8 @@ def markdown(result: dict) -> str:
     """The Markdown table of a result (also in the JSON)."""
     e, r = result["environment"], result["results"]
     lines = [f"# synthmed GPU benchmark{' (--dry: tiny, CPU; not a measurement)' if result['dry'] else ''}", "",
-             f"{e['date']}, commit {e['commit']}, {e.get('gpu')} (driver {e.get('driver', '-')}, CUDA "
-             f"{e.get('cuda', '-')}), torch {e['torch']}, MONAI {e['monai']}", "",
+             (f"{e['date']}, commit {e['commit']}, {e.get('gpu')} (driver {e.get('driver', '-')}, CUDA "
+              f"{e.get('cuda', '-')}), torch {e['torch']}, MONAI {e['monai']}"), "",
              "| part | setting | ours | peer | ratio |", "| --- | --- | --- | --- | --- |"]
     for key, t in r.get("train", {}).items():
         if isinstance(t, dict) and "ratio" in t:
@@ -378,7 +380,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| 3D {name} step, checkpointed vs plain | {m['size']}^3 | peak "
                          f"{m['checkpointed']['peak_bytes'] / 2**20:.0f} MiB, {m['checkpointed']['time_s']:.3f} s | "
                          f"peak {m['plain']['peak_bytes'] / 2**20:.0f} MiB, {m['plain']['time_s']:.3f} s | memory "
-                         f"{m['ratios']['peak_memory']:.3f}, time {m['ratios']['step_time']:.3f} |")
+                         f"{m['ratios']['peak_memory'] or float('nan'):.3f}, time {m['ratios']['step_time']:.3f} |")
     d = r.get("ddp", {})
     if "efficiency" in d:
         for k in d["devices"]:
@@ -414,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ddp_worker:
         with tempfile.TemporaryDirectory() as tmp:
             rate = ddp_worker(p, args.ddp_worker, device, Path(tmp))
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0 and args.worker_out:
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and args.worker_out:
             write_atomic(args.worker_out, json.dumps({"images_per_s": rate}))
         return {"images_per_s": rate}
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (Lightning's "32-true"), on both sides

@@ -224,7 +224,7 @@ def test_ldm_latent_cache_trains_on_the_same_latents_with_one_encoding_per_image
 
 
 def test_ldm_samples_larger_volumes_with_tiled_decoding(tmp_path, vae_ckpt):  # noqa: F811
-    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    gen = lambda: torch.Generator().manual_seed(0)
     _, plain = build_ldm(tmp_path, vae_ckpt)
     _, one_tile = build_ldm(tmp_path, vae_ckpt, "model.decode_tile=[4,4]")  # smoke latents are 4x4: one tile
     one_tile.load_state_dict(plain.state_dict())
