@@ -70,9 +70,9 @@ def autocast(device: torch.device, precision: str):
 def plain_loop(model, loader, device, precision: str, compiled: bool, steps: int, warmup: int) -> float:
     """A hand-written loop doing synthmed's work per step (loss, backward, clip, AdamW, EMA): images/s."""
     net, process = model.net.to(device), model.process
-    if compiled:
-        net.compile()
     ema = AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(model.ema_decay), use_buffers=True)
+    if compiled:  # after the EMA copy, as GenerativeModule.compile_networks (the EMA network is not compiled)
+        net.compile()
     opt = model.optimizer_factory(net.parameters())
     net.train()
     step, start, batch_size, batches = 0, None, 0, iter(loader)
@@ -299,6 +299,8 @@ def ddp_worker(p: dict, devices: int, device: torch.device, root: Path) -> float
 def part_ddp(p: dict, device: torch.device, root: Path, dry: bool) -> dict:
     """images/s on 1..N GPUs (a fresh process each: Lightning's DDP launcher re-runs the command per rank)."""
     n = torch.cuda.device_count() if device.type == "cuda" else 1
+    if n == 1 and not dry:
+        return {"devices": [1], "note": "one device: no scaling to measure"}
     counts = sorted({1, *[2**k for k in range(1, n.bit_length()) if 2**k <= n], n})
     rates = {}
     for k in counts:
@@ -327,8 +329,11 @@ def environment(device: torch.device) -> dict:
     env["device"] = str(device)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, check=False)
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            smi = subprocess.CompletedProcess([], 1)
         env |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
                 "gpu_count": torch.cuda.device_count(), "cuda": torch.version.cuda,
                 "driver": smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else "unknown"}
