@@ -10,7 +10,7 @@
    step's peak memory (CUDA: `max_memory_allocated`; CPU: peak resident set size above the pre-step level, read from
    /proc with glibc's mmap threshold lowered so freed tensors leave the resident set).
 
-    python benchmarks/sampling.py [--size 32] [--n 8] [--steps 20] [--repeats 5] [--size3d 32] [--batch3d 1]
+    python benchmarks/sampling.py [--size 32] [--n 8] [--steps 10] [--repeats 6] [--size3d 32] [--batch3d 1] [--threads 1]
 """
 
 from __future__ import annotations
@@ -99,9 +99,9 @@ def sampling_side_by_side(model, n: int, repeats: int, device: torch.device, aut
     with torch.no_grad():
         time_call(theirs, device), time_call(ours, device)  # warm-up (allocator, autotuning, compilation)
         times, cpu, diffs = {"monai": [], "synthmed": []}, {"monai": [], "synthmed": []}, []
-        for _ in range(repeats):
-            outs = {}
-            for key, fn in (("monai", theirs), ("synthmed", ours)):
+        for r in range(repeats):
+            outs, order = {}, [("monai", theirs), ("synthmed", ours)]
+            for key, fn in order if r % 2 == 0 else order[::-1]:  # ABBA: neither side always goes first
                 cpu0 = time.process_time()
                 seconds, outs[key] = time_call(fn, device)
                 times[key].append(seconds)
@@ -109,9 +109,13 @@ def sampling_side_by_side(model, n: int, repeats: int, device: torch.device, aut
             diffs.append(float((outs["monai"].float().clamp(-1, 1) - outs["synthmed"]).abs().max()))  # clamped
     rates = {k: n / statistics.median(v) for k, v in times.items()}
     cpu_rates = {k: n / statistics.median(v) for k, v in cpu.items()}
+    # The ratio of each adjacent pair of runs cancels slow drift of the machine's load; their median is reported.
+    paired = [a / b for a, b in zip(times["monai"], times["synthmed"])]
+    paired_cpu = [a / b for a, b in zip(cpu["monai"], cpu["synthmed"])]
     return {"n": n, "repeats": repeats, "steps": model.process.num_inference_steps, "images_per_s": rates,
-            "ratio": rates["synthmed"] / rates["monai"], "images_per_cpu_s": cpu_rates,
-            "ratio_cpu_time": cpu_rates["synthmed"] / cpu_rates["monai"], "max_abs_diff": max(diffs)}
+            "ratio": statistics.median(paired), "ratio_range": [min(paired), max(paired)],
+            "images_per_cpu_s": cpu_rates, "ratio_cpu_time": statistics.median(paired_cpu),
+            "ratio_cpu_time_range": [min(paired_cpu), max(paired_cpu)], "max_abs_diff": max(diffs)}
 
 
 class PeakRSS:
@@ -229,14 +233,16 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=32, help="2D image side for sampling (pixels)")
     p.add_argument("--n", type=int, default=8, help="images per sampling call")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps (benchmarks/gpu.py: 50)")
-    p.add_argument("--repeats", type=int, default=5, help="alternating repeats per side (sampling)")
+    p.add_argument("--steps", type=int, default=10, help="DDIM steps (benchmarks/gpu.py: 50)")
+    p.add_argument("--repeats", type=int, default=6, help="alternating repeats per side (sampling)")
     p.add_argument("--repeats3d", type=int, default=2, help="alternating repeats per side (3D step)")
     p.add_argument("--size3d", type=int, default=32, help="3D volume side for the training step (voxels)")
     p.add_argument("--batch3d", type=int, default=1, help="volumes per 3D training step")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     device = torch.device("cpu")
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         model = ddpm_model(Path(tmp), args.size, 2, args.steps)
         sampling = sampling_side_by_side(model, args.n, args.repeats, device)
@@ -257,8 +263,10 @@ def report(out: dict) -> None:
           f"{s['repeats']} alternating repeats")
     print(f"  MONAI DiffusionInferer : {s['images_per_s']['monai']:.3f} images/s")
     print(f"  synthmed sample()      : {s['images_per_s']['synthmed']:.3f} images/s")
-    print(f"  ratio synthmed/MONAI   : {s['ratio']:.3f} wall time, {s['ratio_cpu_time']:.3f} CPU time "
-          f"(target >= 0.95); max |difference| of outputs {s['max_abs_diff']:.2e}")
+    print(f"  ratio synthmed/MONAI   : {s['ratio']:.3f} wall time (pairs {s['ratio_range'][0]:.3f}-"
+          f"{s['ratio_range'][1]:.3f}), {s['ratio_cpu_time']:.3f} CPU time (pairs {s['ratio_cpu_time_range'][0]:.3f}-"
+          f"{s['ratio_cpu_time_range'][1]:.3f}); target >= 0.95")
+    print(f"  max |difference| of the two outputs (same noise): {s['max_abs_diff']:.2e}")
     print(f"\n3D DDPM training step, {a['batch3d']} x {a['size3d']}^3, default UNet")
     for key in ("plain", "checkpointed"):
         r = m[key]
