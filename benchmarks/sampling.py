@@ -8,7 +8,8 @@
 2. One 3D DDPM training step (forward, backward, AdamW) with and without `model.activation_checkpointing=true`,
    alternating: step time, activation bytes autograd keeps for backward (exact, from `saved_tensors_hooks`) and the
    step's peak memory (CUDA: `max_memory_allocated`; CPU: peak resident set size above the pre-step level, read from
-   /proc with glibc's mmap threshold lowered so freed tensors leave the resident set).
+   /proc; the script re-executes itself with MALLOC_MMAP_THRESHOLD_=65536 so that glibc serves every tensor of 64 KiB
+   or more by mmap from the start and freed tensors leave the resident set instead of being reused unseen).
 
     python benchmarks/sampling.py [--size 32] [--n 8] [--steps 10] [--repeats 6] [--size3d 32] [--batch3d 1] [--threads 1]
 """
@@ -16,7 +17,7 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
+import os
 import gc
 import json
 import platform
@@ -119,13 +120,8 @@ def sampling_side_by_side(model, n: int, repeats: int, device: torch.device, aut
 
 
 class PeakRSS:
-    """Peak resident memory of a code block above its starting level (Linux /proc; CPU tensors)."""
-
-    def __init__(self) -> None:
-        try:  # glibc: serve allocations >= 64 KiB by mmap, so freed tensors leave the resident set at once
-            ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-        except OSError:
-            pass
+    """Peak resident memory of a code block above its starting level (Linux /proc; CPU tensors). Meaningful only in a
+    process started with MALLOC_MMAP_THRESHOLD_ set (see `main`): otherwise freed heap memory is reused unseen."""
 
     @staticmethod
     def _status(key: str) -> int:
@@ -278,4 +274,6 @@ def report(out: dict) -> None:
 
 
 if __name__ == "__main__":
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # glibc reads it at start-up only: run again with it set
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
     main(sys.argv[1:])
