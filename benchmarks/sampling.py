@@ -17,9 +17,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
