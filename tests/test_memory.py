@@ -15,6 +15,7 @@ from torch import nn
 from synthmed.config import instantiate
 from synthmed.models.latents import LatentCache, TiledDecoder
 from synthmed.nets.checkpointing import checkpoint_unet, is_checkpointed
+from synthmed.tracking import first_stage
 from tests.conftest import compose_train
 from tests.test_models_ldm import vae_ckpt  # noqa: F401  (module fixture: a 2-step VAE run folder)
 
@@ -204,7 +205,7 @@ def build_ldm(tmp_path, ckpt, *overrides):
                                    f"model.autoencoder='{ckpt}'", "dataset.datamodule.dataset.n_train=8",
                                    *overrides])
     pl.seed_everything(0)
-    return cfg, instantiate(cfg.model, "model")
+    return cfg, first_stage.build_model(cfg)[0]  # as `synthmed train` builds it: the VAE resolved and loaded
 
 
 def test_ldm_latent_cache_trains_on_the_same_latents_with_one_encoding_per_image(tmp_path, vae_ckpt):  # noqa: F811
