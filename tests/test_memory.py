@@ -90,6 +90,7 @@ def test_checkpointing_keeps_fewer_activations():
     assert kept_ckpt < 0.5 * kept, (kept_ckpt, kept)
 
 
+@pytest.mark.slow  # ~20-35 s on a loaded 2-core machine: two 3D/2D models and a data module
 @pytest.mark.parametrize("model_name", ["ddpm", "cond_ddpm"])
 def test_model_config_switches_checkpointing_and_keeps_the_loss(tmp_path, model_name):
     data = ["dataset=phantom2d_pairs"] if model_name == "cond_ddpm" else ["dataset=phantom3d"]
@@ -224,6 +225,7 @@ def test_ldm_latent_cache_trains_on_the_same_latents_with_one_encoding_per_image
         cached._train_ids({"image": batch["image"]})
 
 
+@pytest.mark.slow  # ~28 s on a loaded 2-core machine: four LDMs built and sampled
 def test_ldm_samples_larger_volumes_with_tiled_decoding(tmp_path, vae_ckpt):  # noqa: F811
     gen = lambda: torch.Generator().manual_seed(0)
     _, plain = build_ldm(tmp_path, vae_ckpt)
