@@ -216,7 +216,7 @@ def test_ldm_latent_cache_trains_on_the_same_latents_with_one_encoding_per_image
     encode = CountingEncoder()
     vae_encode = cached.vae.encode
     cached.vae.encode = lambda x: (encode(x), vae_encode(x))[1]
-    for epoch in range(2):
+    for _epoch in range(2):
         for batch in datamodule.train_dataloader():
             torch.testing.assert_close(cached.latents(batch["image"], cached._train_ids(batch)),
                                        plain.latents(batch["image"]), rtol=1e-5, atol=1e-6)
