@@ -6,7 +6,7 @@ ROOT   ?= $(CURDIR)
 PORT   ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test-setup lint demo test test-fast bench ui clean
+.PHONY: help venv test-setup lint demo test test-fast bench bench-gpu ui clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,9 +41,13 @@ test: test-setup lint  ## lint, then the whole test suite (what CI runs)
 test-fast: test-setup  ## the fast tier only (skips tests marked slow)
 	$(PY) -m pytest -q -m "not slow"
 
-bench: venv  ## benchmarks: side-by-side ratios against a plain PyTorch loop / pytorch-fid
+bench: venv  ## CPU benchmarks: side-by-side ratios against a plain PyTorch loop / pytorch-fid / MONAI's inferer
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/fid.py
+	$(PY) benchmarks/sampling.py
+
+bench-gpu: venv  ## the one-go GPU benchmark (< 8 min on one H200): benchmarks/results/gpu-*.{json,md}
+	$(PY) benchmarks/gpu.py
 
 ui: venv  ## MLflow UI on http://127.0.0.1:$(PORT) over the local store
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(ROOT)/mlflow.db

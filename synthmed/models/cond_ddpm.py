@@ -11,6 +11,7 @@ from synthmed.metrics import names
 from synthmed.models.base import OptimizerFactory
 from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
 from synthmed.models.translator import Translator
+from synthmed.nets.checkpointing import checkpoint_unet
 
 
 class ConcatSource:
@@ -38,6 +39,7 @@ class CondDDPMModule(Translator):
         process: the noise process (GaussianDiffusion with DDIM sampling, RectifiedFlow, ...).
         source_channels, mask_threshold, mask_dilate, name, image_shape, optimizer, ema_decay, sample_batch_size,
             grad_clip_norm: see Translator.
+        activation_checkpointing: recompute the UNet blocks' activations in backward (less memory; see DDPMModule).
     """
 
     family = "diffusion"
@@ -46,7 +48,8 @@ class CondDDPMModule(Translator):
     def __init__(self, net: Callable[..., nn.Module], process: GaussianDiffusion | RectifiedFlow, name: str,
                  image_shape: Sequence[int], optimizer: OptimizerFactory, ema_decay: float | None = 0.999,
                  sample_batch_size: int = 16, grad_clip_norm: float | None = 1.0, source_channels: int | None = None,
-                 mask_threshold: float | None = None, mask_dilate: int = 2) -> None:
+                 mask_threshold: float | None = None, mask_dilate: int = 2,
+                 activation_checkpointing: bool = False) -> None:
         super().__init__(name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm, source_channels,
                          mask_threshold, mask_dilate)
         self.save_hyperparameters(ignore=["net", "process", "optimizer"], logger=False)
@@ -54,6 +57,8 @@ class CondDDPMModule(Translator):
         if getattr(net, "out_channels", self.image_shape[0]) != self.image_shape[0]:
             raise ValueError(f"net.out_channels must equal the target channels {self.image_shape[0]}, "
                              f"got {net.out_channels}")
+        if activation_checkpointing:
+            checkpoint_unet(net)
         self.net, self.process = net, process
         self.init_ema(net)
 

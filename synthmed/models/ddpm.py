@@ -12,6 +12,7 @@ from synthmed.metrics import names
 from synthmed.models.base import GenerativeModule, OptimizerFactory
 from synthmed.models.conditioning import GuidedDenoising
 from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
+from synthmed.nets.checkpointing import checkpoint_unet
 
 
 class DDPMModule(GuidedDenoising, GenerativeModule):
@@ -32,6 +33,8 @@ class DDPMModule(GuidedDenoising, GenerativeModule):
         attr_ranges: covariate -> [min, max] in its unit, mapped to [0, 1] (cond=attrs|both).
         cond_drop_prob: probability of training a step's image unconditionally (classifier-free guidance).
         guidance_scale: guidance weight at sampling; 1 = plain conditional, > 1 = stronger adherence.
+        activation_checkpointing: recompute the UNet blocks' activations in backward instead of storing them
+            (less memory, ~30 % more compute; same values: synthmed/nets/checkpointing.py). For large 3D volumes.
         name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm: see GenerativeModule.
     """
 
@@ -42,11 +45,14 @@ class DDPMModule(GuidedDenoising, GenerativeModule):
                  image_shape: Sequence[int], optimizer: OptimizerFactory, ema_decay: float | None = 0.999,
                  sample_batch_size: int = 16, grad_clip_norm: float | None = 1.0, cond: str | None = None,
                  num_classes: int = 2, attr_ranges: Mapping[str, Sequence[float]] | None = None,
-                 cond_drop_prob: float = 0.1, guidance_scale: float = 3.0) -> None:
+                 cond_drop_prob: float = 0.1, guidance_scale: float = 3.0,
+                 activation_checkpointing: bool = False) -> None:
         super().__init__(name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm)
         # Objects (net, process, optimizer) are rebuilt from the recorded config; checkpoints keep plain values.
         self.save_hyperparameters(ignore=["net", "process", "optimizer"], logger=False)
         self.net = self.init_conditioning(net, cond, num_classes, attr_ranges, cond_drop_prob, guidance_scale)
+        if activation_checkpointing:
+            checkpoint_unet(self.net)
         self.process = process
         self.init_ema(self.net)
 

@@ -10,8 +10,10 @@ from torch import Tensor, nn
 from synthmed.metrics import names
 from synthmed.models.base import GenerativeModule, OptimizerFactory
 from synthmed.models.conditioning import GuidedDenoising
+from synthmed.models.latents import LatentCache, TiledDecoder
 from synthmed.models.noise import GaussianDiffusion, RectifiedFlow
 from synthmed.models.vae import VAEModule
+from synthmed.nets.checkpointing import checkpoint_unet
 
 
 class LDMModule(GuidedDenoising, GenerativeModule):
@@ -43,6 +45,14 @@ class LDMModule(GuidedDenoising, GenerativeModule):
         clip_sample: whether Gaussian samplers clip predicted x0 to [-1, 1]; conf/model/process/*.yaml read it
             from here. False: latents, unlike images, are not bounded.
         cond, num_classes, attr_ranges, cond_drop_prob, guidance_scale: as in DDPMModule.
+        activation_checkpointing: recompute the denoiser's block activations in backward (as in DDPMModule).
+        latent_cache: encode each training image once (keyed by its item `id`) and train on the kept latents;
+            valid only without random augmentation (synthmed/models/latents.py).
+        decode_tile: latent voxels per decoding tile `[h, w(, d)]` for sampling (MONAI sliding window, Gaussian
+            blending), or None to decode whole latents; bounds the decoder's memory for large volumes.
+        decode_overlap: share of a decoding tile overlapping its neighbour, in [0, 1).
+        sample_size: spatial size `[H, W(, D)]` of generated images when it differs from `image_shape` (a volume
+            larger than the training crop: the convolutional denoiser runs on a larger latent); None = image_shape.
         name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm: see GenerativeModule.
     """
 
@@ -56,9 +66,13 @@ class LDMModule(GuidedDenoising, GenerativeModule):
                  clip_sample: bool = False, ema_decay: float | None = 0.999, sample_batch_size: int = 16,
                  grad_clip_norm: float | None = 1.0, cond: str | None = None, num_classes: int = 2,
                  attr_ranges: Mapping[str, Sequence[float]] | None = None, cond_drop_prob: float = 0.1,
-                 guidance_scale: float = 3.0) -> None:
+                 guidance_scale: float = 3.0, activation_checkpointing: bool = False, latent_cache: bool = False,
+                 decode_tile: Sequence[int] | None = None, decode_overlap: float = 0.25,
+                 sample_size: Sequence[int] | None = None) -> None:
         super().__init__(name, image_shape, optimizer, ema_decay, sample_batch_size, grad_clip_norm)
         self.save_hyperparameters(ignore=["net", "process", "optimizer", "first_stage"], logger=False)
+        self.tiled_decoder = TiledDecoder(decode_tile, decode_overlap)
+        self.latent_cache = LatentCache() if latent_cache else None
         if scale_batches < 1:
             raise ValueError(f"scale_batches must be >= 1, got {scale_batches}")
         if not isinstance(first_stage, VAEModule):
@@ -76,14 +90,27 @@ class LDMModule(GuidedDenoising, GenerativeModule):
             raise ValueError(f"net.in_channels and net.out_channels must equal the autoencoder's latent channels "
                              f"({latent_channels}), got {net.in_channels}, {net.out_channels}")
         self.vae = vae.requires_grad_(False).eval()
+        if activation_checkpointing:
+            checkpoint_unet(net)
         self.net, self.process = net, process
+        self.sample_latent = self._sample_latent(sample_size)
         self.register_buffer("latent_scale", torch.tensor(1.0))
         self.register_buffer("latent_scale_estimated", torch.tensor(False))
         self.init_ema(net)
 
     def noise_shape(self) -> tuple[int, ...]:
-        """sample()'s per-sample noise is a latent `[c, *latent]`."""
-        return self.vae.latent_shape
+        """sample()'s per-sample noise is a latent `[c, *latent]` (of `sample_size` when set)."""
+        return self.sample_latent
+
+    def _sample_latent(self, sample_size: Sequence[int] | None) -> tuple[int, ...]:
+        latent = tuple(self.vae.latent_shape)
+        if sample_size is None:
+            return latent
+        factor = self.image_shape[1] // latent[1]
+        if len(sample_size) != len(latent) - 1 or any(s < 1 or s % factor for s in sample_size):
+            raise ValueError(f"sample_size must be null or {len(latent) - 1} positive sizes divisible by the "
+                             f"autoencoder's down-sampling factor {factor}, got {list(sample_size)}")
+        return (latent[0], *(s // factor for s in sample_size))
 
     def train(self, mode: bool = True) -> LDMModule:
         super().train(mode)
@@ -116,14 +143,29 @@ class LDMModule(GuidedDenoising, GenerativeModule):
         mean = stats[0] / stats[2]
         return float(1.0 / (stats[1] / stats[2] - mean**2).clamp_min(1e-12).sqrt())
 
-    def latents(self, x: Tensor) -> Tensor:
-        """Images `[B, C, *spatial]` -> scaled latents `[B, c, *latent]` (posterior means, unit variance overall)."""
+    def latents(self, x: Tensor, ids: Sequence[str] | None = None) -> Tensor:
+        """Images `[B, C, *spatial]` -> scaled latents `[B, c, *latent]` (posterior means, unit variance overall).
+
+        With the latent cache on and the items' `ids` given (training), each image is encoded only once.
+        """
         with torch.no_grad():
+            if self.latent_cache is not None and ids is not None:
+                return self.latent_cache(ids, x, self.vae.encode) * self.latent_scale
             return self.vae.encode(x) * self.latent_scale
+
+    def _train_ids(self, batch: dict) -> Sequence[str] | None:
+        """The items' ids for the latent cache (None when it is off); the cache needs them."""
+        if self.latent_cache is None:
+            return None
+        if "id" not in batch:
+            raise KeyError("model.latent_cache=true keys latents by the items' 'id', but this data set's items have "
+                           "none; set model.latent_cache=false")
+        return list(batch["id"])
 
     # ---- training and sampling -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss = self.process.loss(self.net, self.latents(batch["image"]), **self.context(batch, drop=True))
+        z = self.latents(batch["image"], self._train_ids(batch))
+        loss = self.process.loss(self.net, z, **self.context(batch, drop=True))
         self.log(names.TRAIN_LOSS, loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
@@ -137,4 +179,4 @@ class LDMModule(GuidedDenoising, GenerativeModule):
     def generate(self, noise: Tensor, cond: dict | None = None,
                  generators: list[torch.Generator] | None = None) -> Tensor:
         z = self.process.sample(self.denoiser(noise.shape[0], cond), noise, generators)
-        return self.vae.decode(z / self.latent_scale)
+        return self.tiled_decoder(self.vae.decode, z / self.latent_scale)
