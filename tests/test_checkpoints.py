@@ -51,7 +51,7 @@ def test_good_checkpoint_is_used(killed_run):
 def test_truncated_last_ckpt_is_named_and_torch_agrees(killed_run):
     client, run_id, folder = killed_run
     _cut(folder / "last.ckpt", 0.6)
-    with pytest.raises(Exception):  # the reference: torch itself cannot read it back
+    with pytest.raises((RuntimeError, OSError)):  # the reference: torch itself cannot read it back
         torch.load(folder / "last.ckpt", weights_only=True)
     with pytest.raises(CorruptCheckpointError, match=rf"{folder / 'last.ckpt'} is truncated.*resume_fallback"):
         find_resume(client, run_id, HASH)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
-from pydicom.uid import (
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402  (after the importorskip)
+from pydicom.sequence import Sequence  # noqa: E402
+from pydicom.uid import (  # noqa: E402
     DigitalXRayImageStorageForPresentation,
     EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
@@ -26,8 +26,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from synthmed.data.dicom_images import DicomImageDataset, dicom_dataset
-from synthmed.data.preflight import BadDataError
+from synthmed.data.dicom_images import DicomImageDataset, dicom_dataset  # noqa: E402
+from synthmed.data.preflight import BadDataError  # noqa: E402
 
 ROWS, COLS = 12, 10
 

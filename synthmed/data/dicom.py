@@ -26,7 +26,7 @@ from synthmed.data.preflight import (
 from synthmed.data.splits import Record, read_manifest
 from synthmed.data.volume import VolumeDataset
 
-SUFFIXES = (".dcm", ".dicom", ".ima")
+SUFFIXES = px.SUFFIXES
 log = logging.getLogger(__name__)
 
 
@@ -103,33 +103,15 @@ class DicomDataset(VolumeDataset):
 
 def find_series(root) -> list[tuple[str, ...]]:
     """DICOM image files under `root` grouped by SeriesInstanceUID (by folder when absent), sorted for determinism;
-    non-image objects (reports, waveforms) are logged and left out (`dicom_images.scan_headers`)."""
-    from synthmed.data.dicom_images import scan_headers
-
-    groups, not_images = scan_headers(root)
+    non-image objects (reports, waveforms) are logged and left out (`dicom_pixels.scan_headers`)."""
+    groups, not_images = px.scan_headers(root)
     for path, kind in not_images:
         log.info("dicom: %s is not an image (%s); left out", path, kind)
     return groups
 
 
-def _candidates(root) -> list[str]:
-    pydicom = _pydicom()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            if name.startswith(".") or name.upper() == "DICOMDIR":
-                continue
-            if name.lower().endswith(SUFFIXES) or ("." not in name and pydicom.misc.is_dicom(path)):
-                found.append(path)
-    return found
-
-
-def _series_files(folder: str) -> tuple[str, ...]:
-    """A manifest row names a series folder; a missing or empty one stays a record so pre-flight reports it."""
-    files = _candidates(folder) if os.path.isdir(folder) else []
-    return tuple(files) or (folder,)
+_candidates = px.candidates  # the names other modules and tests used before the file search moved
+_series_files = px.series_files
 
 
 def check_series_headers(files: tuple[str, ...]) -> None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
 
 import numpy as np
 import torch
 from monai.transforms import Resize, ResizeWithPadOrCrop, Transform
 
 from synthmed.data import dicom_pixels as px
+from synthmed.data.dicom import DicomDataset
 from synthmed.data.file_dataset import FileDataset
 from synthmed.data.preflight import BadFileError, check_file, check_values
 from synthmed.data.splits import Record, read_manifest, to_plain
@@ -41,10 +41,6 @@ def dicom_dataset(split: str, root, *, spatial_dims: int = 3, resize: str = "pad
         if dropped.get("slice_axis") not in (None, 2) or dropped.get("spacing") is not None:
             log.warning("dicom 2D: items are frames in their acquired plane; slice_axis and spacing are ignored")
         return DicomImageDataset(split, root, resize=resize, **kwargs)
-    from synthmed.data.dicom import (
-        DicomDataset,  # the volume reader needs MONAI's PydicomReader
-    )
-
     if (to_plain(kwargs.get("intensity")) or {}).get("mode") == "dicom_window":
         raise ValueError("dataset.datamodule.dataset.intensity.mode=dicom_window is for 2D images "
                          "(dataset.spatial_dims=2); volumes use ct or mr")
@@ -58,30 +54,6 @@ def check_dicom_intensity(cfg: dict | None) -> dict:
     if mode not in MODES:
         raise ValueError(f"intensity.mode must be one of {MODES} for DICOM images, got {mode!r}")
     return {**check_intensity_config({**cfg, "mode": "ct" if mode == "dicom_window" else mode}), "mode": mode}
-
-
-def scan_headers(root) -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
-    """Image files under `root` grouped by SeriesInstanceUID (by folder when absent), and the non-image objects.
-
-    Returns:
-        (sorted groups of file paths, [(path, kind)] of non-image objects). An unreadable file is a group of its
-        own, so the pre-flight check names exactly that file.
-    """
-    from synthmed.data.dicom import _candidates
-
-    groups: dict[str, list[str]] = defaultdict(list)
-    not_images = []
-    for path in _candidates(root):
-        try:
-            header = px.pydicom().dcmread(path, stop_before_pixels=True, specific_tags=px.HEADER_TAGS)
-        except Exception:
-            groups[f"unreadable:{path}"].append(path)
-            continue
-        if not px.is_image(header) and "SOPClassUID" in header:
-            not_images.append((path, px.not_image_kind(header)))
-            continue
-        groups[str(header.get("SeriesInstanceUID", "")) or f"folder:{os.path.dirname(path)}"].append(path)
-    return sorted((tuple(sorted(files)) for files in groups.values()), key=lambda f: f[0]), not_images
 
 
 class DicomImageDataset(FileDataset):
@@ -133,10 +105,9 @@ class DicomImageDataset(FileDataset):
             if self.root.suffix.lower() != ".csv":
                 raise ValueError(f"root {self.root} is a file; expected a folder of DICOM files or a .csv manifest")
             records, classes = read_manifest(self.root, "image", self.label_column, self.attr_columns)
-            from synthmed.data.dicom import _series_files
-            return [Record(_series_files(r.source) if os.path.isdir(r.source) else r.source, r.label, r.attrs,
+            return [Record(px.series_files(r.source) if os.path.isdir(r.source) else r.source, r.label, r.attrs,
                            r.split) for r in records], classes
-        groups, self.not_images = scan_headers(self.root)
+        groups, self.not_images = px.scan_headers(self.root)
         if self.not_images:
             log.info("dicom: %d non-image object(s) left out (not counted as bad files):%s", len(self.not_images),
                      "".join(f"\n  {p}: not an image ({kind})" for p, kind in self.not_images))

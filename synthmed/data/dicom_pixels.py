@@ -9,6 +9,9 @@ copies them to the top level so pydicom's functions (which read top-level attrib
 
 from __future__ import annotations
 
+import os
+from collections import defaultdict
+
 import numpy as np
 
 from synthmed.data.preflight import BadFileError
@@ -22,6 +25,7 @@ _FRAME_GROUPS = {
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
 }
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+SUFFIXES = (".dcm", ".dicom", ".ima")
 HEADER_TAGS = ["SeriesInstanceUID", "Rows", "NumberOfFrames", "SOPClassUID", "Modality", "InstanceNumber"]
 
 
@@ -202,3 +206,48 @@ def multiframe_volume(ds, path: str) -> tuple[np.ndarray, np.ndarray]:
     lps[:3, 2] = positions[1] - positions[0]  # k: frame to frame
     lps[:3, 3] = positions[0]
     return volume.transpose(2, 1, 0).astype(np.float32), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+# ---- finding DICOM files -----------------------------------------------------------------------------------------
+
+def candidates(root) -> list[str]:
+    """`*.dcm`/`*.dicom`/`*.ima` under `root` (always, so a corrupt one is reported) and extension-less files with
+    the DICM preamble (so a README never counts); hidden entries and DICOMDIR skipped, sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if name.startswith(".") or name.upper() == "DICOMDIR":
+                continue
+            if name.lower().endswith(SUFFIXES) or ("." not in name and pydicom().misc.is_dicom(path)):
+                found.append(path)
+    return found
+
+
+def series_files(folder: str) -> tuple[str, ...]:
+    """A manifest row names a series folder; a missing or empty one stays a record so pre-flight reports it."""
+    files = candidates(folder) if os.path.isdir(folder) else []
+    return tuple(files) or (folder,)
+
+
+def scan_headers(root) -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
+    """Image files under `root` grouped by SeriesInstanceUID (by folder when absent), and the non-image objects.
+
+    Returns:
+        (sorted groups of file paths, [(path, kind)] of non-image objects). An unreadable file is a group of its
+        own, so the pre-flight check names exactly that file.
+    """
+    groups: dict[str, list[str]] = defaultdict(list)
+    not_images = []
+    for path in candidates(root):
+        try:
+            header = pydicom().dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        except Exception:
+            groups[f"unreadable:{path}"].append(path)
+            continue
+        if not is_image(header) and "SOPClassUID" in header:
+            not_images.append((path, not_image_kind(header)))
+            continue
+        groups[str(header.get("SeriesInstanceUID", "")) or f"folder:{os.path.dirname(path)}"].append(path)
+    return sorted((tuple(sorted(files)) for files in groups.values()), key=lambda f: f[0]), not_images
