@@ -16,6 +16,7 @@ commands:
   compare    report runs side by side: synthmed compare experiment=<name> [runs=<id|hash>,...] [out=DIR]
   reproduce  re-run a recorded config, check its metrics: synthmed reproduce <config hash> [--tolerance 1e-6]
   reader-study  blinded visual Turing test: synthmed reader-study make|serve|analyze ... (--help for details)
+  runs       status and heartbeat of runs, close SIGKILLed ones: synthmed runs list | reap [--older-than 10m]
 
 Hydra commands accept any key=value override; `--cfg job` prints the composed config, `--help` lists groups."""
 
@@ -47,7 +48,7 @@ def _plain(module: str):
 
 COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
             "translate": _hydra_app("translate"), "fid": _fid, "compare": _plain("compare"),
-            "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command")}
+            "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command"), "runs": _plain("runs")}
 
 
 def main(argv: list[str] | None = None) -> int:

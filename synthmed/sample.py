@@ -31,6 +31,8 @@ def write_one(image: torch.Tensor, out: Path, index: int, fmt: str, restored: Re
         path = export.write_png(image, stem.with_suffix(".png"), intensity, meta)
     elif fmt == "nifti":
         path = export.write_nifti(image, stem.with_suffix(".nii.gz"), intensity, geometry, meta)
+    elif image.ndim == 3:  # a 2D sample: one single-frame file, as a radiograph is stored
+        path = export.write_dicom_image(image, stem.with_suffix(".dcm"), intensity, geometry, meta)
     else:
         path = export.write_dicom(image, stem, intensity, geometry, meta)[0].parent
     export.write_sidecar(export.sidecar_path(path), meta)

@@ -12,9 +12,12 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
 
+from synthmed.callbacks.nonfinite import split_guard
 from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
 from synthmed.evaluation.step import evaluate_generation, record
+from synthmed.tracking import heartbeat as hb
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import tags as tk
 from synthmed.tracking.confighash import config_hash, short_hash
@@ -98,18 +101,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("torch.compile: %s", model.compile_networks())
     suite = instantiate(cfg.metrics, "metrics")
     full_hash = config_hash(cfg)
-    resume = find_resume(mt.tracking_client(cfg), str(cfg.resume), full_hash) if cfg.get("resume") else None
+    resume = (find_resume(mt.tracking_client(cfg), str(cfg.resume), full_hash, cfg.get("resume_fallback", "none"))
+              if cfg.get("resume") else None)
     if resume is None:
         refuse_stale_checkpoints(Path(cfg.paths.output_dir) / "checkpoints")
     logger = mt.make_logger(cfg, model.family, datamodule.fingerprint, full_hash, resume and resume.run_id)
     run = mt.RunRef(logger.experiment, logger.run_id)
-    with mt.run_status(run.client, run.run_id):
+    beats = hb.beating(run.client, run.run_id, cfg.get("heartbeat_s", 60), enabled=rank_zero_only.rank == 0)
+    with mt.run_status(run.client, run.run_id), beats:  # a SIGKILLed run stops beating: `synthmed runs reap`
         if resume is None:
             record_start(run, logger, cfg, datamodule)
         else:
             run.client.update_run(run.run_id, status="RUNNING")
         mt.set_tags(run.client, run.run_id, {tk.CHECKPOINT_DIR: Path(cfg.paths.output_dir) / "checkpoints", **link_tags})
-        trainer = pl.Trainer(**cfg.trainer, **cfg.hardware, callbacks=build_callbacks(cfg.callbacks, suite),
+        guard, trainer_args = split_guard(cfg.trainer)
+        trainer = pl.Trainer(**trainer_args, **cfg.hardware, callbacks=[guard, *build_callbacks(cfg.callbacks, suite)],
                              logger=logger, default_root_dir=cfg.paths.output_dir)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
         evaluation = None

@@ -8,19 +8,26 @@ CSV may instead list one series folder per row in its `image` column. Needs the 
 
 from __future__ import annotations
 
+import logging
 import os
-from collections import defaultdict
 
 import numpy as np
 from monai.data import PydicomReader
 from monai.utils import ensure_tuple
 
+from synthmed.data import dicom_pixels as px
 from synthmed.data.file_dataset import LoadSource
-from synthmed.data.preflight import BadFileError, check_file, check_spacing, check_values
+from synthmed.data.preflight import (
+    BadFileError,
+    check_file,
+    check_spacing,
+    check_values,
+)
 from synthmed.data.splits import Record, read_manifest
 from synthmed.data.volume import VolumeDataset
 
-SUFFIXES = (".dcm", ".dicom", ".ima")
+SUFFIXES = px.SUFFIXES
+log = logging.getLogger(__name__)
 
 
 def _pydicom():
@@ -45,6 +52,16 @@ class SeriesReader(PydicomReader):
         self.has_series = len(slices) > 1
         self.filenames = [files] if self.has_series else files
         return slices if self.has_series else slices[0]
+
+    def get_data(self, data):
+        """A multi-frame object (one file) becomes a volume with its per-frame geometry and rescale; series and
+        single files go through MONAI."""
+        if self.has_series or int(data.get("NumberOfFrames", 1) or 1) < 2:
+            return super().get_data(data)
+        array, affine = px.multiframe_volume(data, self.filenames[0])
+        meta = {"affine": affine, "original_affine": affine.copy(), "spatial_shape": array.shape,
+                "original_channel_dim": float("nan"), "space": "RAS"}
+        return array, meta
 
 
 class DicomDataset(VolumeDataset):
@@ -85,38 +102,16 @@ class DicomDataset(VolumeDataset):
 
 
 def find_series(root) -> list[tuple[str, ...]]:
-    """DICOM files under `root` grouped by SeriesInstanceUID (by folder when absent), sorted for determinism."""
-    pydicom = _pydicom()
-    groups: dict[str, list[str]] = defaultdict(list)
-    for path in _candidates(root):
-        try:
-            uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-                      .get("SeriesInstanceUID", ""))
-        except Exception:  # unreadable: its own group, so the pre-flight check names exactly this file
-            groups[f"unreadable:{path}"].append(path)
-            continue
-        groups[uid or f"folder:{os.path.dirname(path)}"].append(path)
-    return sorted((tuple(sorted(files)) for files in groups.values()), key=lambda files: files[0])
+    """DICOM image files under `root` grouped by SeriesInstanceUID (by folder when absent), sorted for determinism;
+    non-image objects (reports, waveforms) are logged and left out (`dicom_pixels.scan_headers`)."""
+    groups, not_images = px.scan_headers(root)
+    for path, kind in not_images:
+        log.info("dicom: %s is not an image (%s); left out", path, kind)
+    return groups
 
 
-def _candidates(root) -> list[str]:
-    pydicom = _pydicom()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            if name.startswith(".") or name.upper() == "DICOMDIR":
-                continue
-            if name.lower().endswith(SUFFIXES) or ("." not in name and pydicom.misc.is_dicom(path)):
-                found.append(path)
-    return found
-
-
-def _series_files(folder: str) -> tuple[str, ...]:
-    """A manifest row names a series folder; a missing or empty one stays a record so pre-flight reports it."""
-    files = _candidates(folder) if os.path.isdir(folder) else []
-    return tuple(files) or (folder,)
+_candidates = px.candidates  # the names other modules and tests used before the file search moved
+_series_files = px.series_files
 
 
 def check_series_headers(files: tuple[str, ...]) -> None:
@@ -138,7 +133,10 @@ def _check_series_consistency(files: tuple[str, ...], headers: list) -> None:
     if len({str(h.get("SeriesInstanceUID", "")) for h in headers}) > 1:
         raise BadFileError("folder mixes several series (SeriesInstanceUID differs); one series per folder")
     if int(headers[0].get("NumberOfFrames", 1) or 1) > 1:
-        raise BadFileError("multi-frame DICOM is not supported; convert it to NIfTI", path=files[0])
+        if len(headers) > 1:
+            raise BadFileError("a multi-frame object among other files of its series; one multi-frame file is one "
+                               "volume", path=files[0])
+        return  # geometry checked by multiframe_volume when it is read
     if len(headers) < 2:
         raise BadFileError("wrong dimensionality: a single 2D slice, expected a series of >= 2 slices",
                            path=files[0])

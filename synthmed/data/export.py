@@ -263,6 +263,25 @@ def write_dicom(image, folder: str | os.PathLike, intensity: dict | None = None,
     return [folder / f"IM{k:05d}.dcm" for k in range(x.shape[2])]
 
 
+def write_dicom_image(image, path: str | os.PathLike, intensity: dict | None = None, geometry: dict | None = None,
+                      meta: dict | None = None) -> Path:
+    """Writes one 2D grayscale sample `[1, H, W]` in [-1, 1] as a single-frame DICOM file (same marks, fresh UIDs and
+    synthetic patient as `write_dicom`); the file appears atomically under `path` (a `.dcm` name)."""
+    pydicom = _pydicom()
+    x = _sample(image, (3,), "write_dicom_image")
+    if x.shape[0] != 1:
+        raise ValueError(f"write_dicom_image writes grayscale samples (C = 1), got C = {x.shape[0]}")
+    numbers = _numbers(intensity)
+    modality = "CT" if numbers["unit"] == "HU" else "MR" if numbers["kind"] == "percentile" else "OT"
+    pixels, slope, intercept = _dicom_pixels(x[0][..., None], numbers, modality)
+    common = _series_dataset(pydicom, modality, numbers, meta)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ _affine(geometry)
+    ds = _slice_dataset(pydicom, common, pixels[:, :, 0], lps, 0, slope, intercept, modality)
+    with atomic_path(path, ".dcm") as tmp:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+    return Path(path)
+
+
 def _pydicom():
     try:
         import pydicom

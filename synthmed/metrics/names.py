@@ -9,6 +9,7 @@ TRAIN_LOSS_G = "train/loss_g"
 TRAIN_LOSS_D = "train/loss_d"
 TRAIN_LOSS_RECON = "train/loss_recon"
 TRAIN_LOSS_KL = "train/loss_kl"
+SKIPPED_STEPS = "train/skipped_steps"  # trainer.nonfinite=skip: optimizer steps dropped for a NaN/Inf loss or gradient
 LATENT_SCALE = "train/latent_scale"  # LDM: 1/std of the autoencoder latents, estimated at fit start
 
 VAL_LOSS = "val/loss"

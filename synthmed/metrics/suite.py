@@ -19,7 +19,7 @@ from torch import Tensor
 
 from synthmed.metrics import domain as D
 from synthmed.metrics import fid as fidlib
-from synthmed.metrics import names
+from synthmed.metrics import names, nonfinite
 from synthmed.metrics.cache import ReferenceCache, tensor_digest
 from synthmed.metrics.conditioning import cond_metrics
 from synthmed.metrics.diversity import ms_ssim_diversity
@@ -148,6 +148,10 @@ class MetricSuite:
             fingerprint: the data set's fingerprint, names the encoder cache files (the key is content-based).
         """
         _check_pair(fake, real, train, [m for m in self.metrics if m in TRAIN_METRICS])
+        bad = nonfinite.count_nonfinite(fake)
+        if bad:  # never a reassuring number (e.g. memorization 0.0) for a diverged model's samples
+            tags = {"nonfinite": nonfinite.nonfinite_tag(bad, len(fake))}
+            return SuiteResult(nonfinite.nan_values(self.metrics), tags)
         result = SuiteResult({}, {})
         feats = self._features(fake, real, train, ref_key, result)
         if feats is not None:

@@ -21,7 +21,10 @@ NON_SEMANTIC_GROUPS = ("paths", "logger", "tracking", "hydra", "callbacks", "exp
 NON_SEMANTIC_KEYS = ("num_workers", "persistent_workers", "pin_memory", "enable_progress_bar",
                      "enable_model_summary", "log_every_n_steps", "val_check_interval", "check_val_every_n_epoch",
                      "num_sanity_val_steps", "limit_val_batches", "default_root_dir", "progress",
-                     "cache", "hash_contents")
+                     "cache", "hash_contents",
+                     # What a diverging step does: a run with no non-finite step computes the same either way, and
+                     # one that skipped steps records train/skipped_steps (and failed runs have no result to hash).
+                     "nonfinite", "nonfinite_max_skips", "heartbeat_s", "resume_fallback")
 HASH_DISPLAY_LEN = 12
 
 

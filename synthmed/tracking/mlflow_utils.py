@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import synthmed
 from synthmed.config import instantiate
+from synthmed.tracking import store
 from synthmed.tracking import tags as tk
 
 if TYPE_CHECKING:  # Lightning costs ~3 s to import: compare, reproduce --pin/--dry-run and records never need it
@@ -205,6 +206,7 @@ def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str,
     With `run_id` it continues that run (resume) instead of creating one.
     """
     uri = tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root)
+    store.prepare(uri, cfg.logger.get("experiment_name"), artifact_location(uri, cfg.paths.root))  # job arrays
     logger = instantiate(
         cfg.logger, "logger", tracking_uri=uri, artifact_location=artifact_location(uri, cfg.paths.root),
         run_name=run_name(cfg.model.name, cfg.dataset.name, full_hash),

@@ -14,6 +14,7 @@ from synthmed.config import instantiate
 from synthmed.models.base import GenerativeModule, load_weights
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import tags as tk
+from synthmed.tracking.checkpoints import refuse_url
 
 
 @dataclass
@@ -38,6 +39,8 @@ def download(client: MlflowClient, run_id: str, artifact: str, cache: Path) -> P
 
 def restore_run(client: MlflowClient, ref: str, cache: Path, checkpoint: str = "final.ckpt") -> Restored:
     """Find the run by id or hash prefix, rebuild its model from the recorded config and load its weights."""
+    refuse_url(ref, "run")
+    refuse_url(checkpoint, "checkpoint")
     run = mt.find_run(client, ref)
     run_id = run.info.run_id
     cfg = OmegaConf.load(download(client, run_id, "config/config.yaml", cache))

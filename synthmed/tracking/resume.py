@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import tags as tk
+from synthmed.tracking.checkpoints import refuse_url, usable_checkpoint
 from synthmed.tracking.confighash import short_hash
 
 # Newest first: on_exception.ckpt is written at the moment of a SIGTERM or crash, last.ckpt at the last evaluation.
@@ -26,8 +27,10 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def find_resume(client: MlflowClient, ref: str, full_hash: str) -> Resume:
-    """The run to continue and its newest checkpoint; refuses a run recorded with another config hash."""
+def find_resume(client: MlflowClient, ref: str, full_hash: str, fallback: str = "none") -> Resume:
+    """The run to continue and its newest readable checkpoint (`fallback="previous"`: the newest readable one when
+    the newest is damaged); refuses a URL and a run recorded with another config hash."""
+    refuse_url(ref, "resume")
     run = mt.find_run(client, full_hash if ref == "last" else ref, prefer_finished=False)
     recorded = run.data.tags.get(tk.CONFIG_HASH, "")
     if recorded != full_hash:
@@ -40,4 +43,4 @@ def find_resume(client: MlflowClient, ref: str, full_hash: str) -> Resume:
     if checkpoint is None:
         raise FileNotFoundError(f"resume={ref}: run {run.info.run_id} left no checkpoint "
                                 f"({' or '.join(CANDIDATES)}) in '{folder}'")
-    return Resume(run.info.run_id, checkpoint)
+    return Resume(run.info.run_id, usable_checkpoint(checkpoint, fallback))

@@ -44,3 +44,10 @@ AUTOENCODER_CHECKPOINT = "synthmed.autoencoder_checkpoint"  # the checkpoint fil
 def provenance(key: str) -> str:
     """The tag of a metric suite's provenance entry, e.g. `fid.weights_sha256` -> `synthmed.fid.weights_sha256`."""
     return PREFIX + key
+
+# ---- liveness of a run (tracking/heartbeat.py, `synthmed runs list|reap`) ----------------------------------------
+HEARTBEAT = "synthmed.heartbeat"  # UTC time of the last beat, ISO 8601 ("2026-12-01T07:00:00Z")
+HEARTBEAT_EVERY = "synthmed.heartbeat_s"  # the beat interval the run promised, seconds
+HOST = "synthmed.host"  # host name and process id of rank 0: where to look for the process
+PID = "synthmed.pid"
+REAPED = "synthmed.reaped"  # set by `synthmed runs reap`: when, and the heartbeat age that decided it
