@@ -15,6 +15,7 @@ commands:
   fid        FID between two folders or .npz stats: synthmed fid DIR_A DIR_B [--dims 2048]
   compare    report runs side by side: synthmed compare experiment=<name> [runs=<id|hash>,...] [out=DIR]
   reproduce  re-run a recorded config, check its metrics: synthmed reproduce <config hash> [--tolerance 1e-6]
+  weights    download the FID Inception weights (the only download): synthmed weights fetch [--to DIR]
 
 Hydra commands accept any key=value override; `--cfg job` prints the composed config, `--help` lists groups."""
 
@@ -46,7 +47,7 @@ def _plain(module: str):
 
 COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
             "translate": _hydra_app("translate"), "fid": _fid, "compare": _plain("compare"),
-            "reproduce": _plain("reproduce")}
+            "reproduce": _plain("reproduce"), "weights": _plain("weights")}
 
 
 def main(argv: list[str] | None = None) -> int:
