@@ -13,8 +13,10 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from synthmed import search
 from synthmed.callbacks.metrics import evaluate_generation, log_result, record
 from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
+from synthmed.metrics import names
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking.confighash import config_hash, short_hash
 from synthmed.tracking.resume import TAG_CHECKPOINT_DIR, find_resume
@@ -86,8 +88,15 @@ def record_final(run: mt.RunRef, trainer: pl.Trainer, evaluation, cfg: DictConfi
     run.client.log_artifact(run.run_id, str(ckpt), "checkpoints")
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train, evaluate and record one run; returns the final metrics (keys from metrics/names.py)."""
+def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The last value of every metric the model itself logged (e.g. a VAE's `val/psnr`), keys from names.py."""
+    known = set(names.all_names().values())
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k in known and v.numel() == 1}
+
+
+def train(cfg: DictConfig, tags: dict[str, str] | None = None) -> dict[str, float]:
+    """Train, evaluate and record one run; returns the final metrics (keys from metrics/names.py) and, where the
+    evaluation does not compute them, the last values the model logged (`val/psnr`: a search objective)."""
     check_targets(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
@@ -107,6 +116,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         else:
             run.client.update_run(run.run_id, status="RUNNING")
         run.client.set_tag(run.run_id, TAG_CHECKPOINT_DIR, str(Path(cfg.paths.output_dir) / "checkpoints"))
+        for key, value in (tags or {}).items():
+            run.client.set_tag(run.run_id, key, value)
         trainer = pl.Trainer(**cfg.trainer, **cfg.hardware, callbacks=build_callbacks(cfg.callbacks, suite),
                              logger=logger, default_root_dir=cfg.paths.output_dir)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
@@ -119,7 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if evaluation is None:
         return {}
     print_summary(run, full_hash, evaluation.result.values)
-    return evaluation.result.values
+    return {**logged_metrics(trainer), **evaluation.result.values}
 
 
 def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float]) -> None:
@@ -133,14 +144,13 @@ def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float]) -> N
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    values = train(cfg)
-    monitor = cfg.get("optimized_metric")
-    if not monitor or not values:  # no search, or a DDP rank other than zero
+    if not cfg.get("optimized_metric"):
+        train(cfg)
         return None
-    if monitor not in values:
-        raise KeyError(f"optimized_metric '{monitor}' was not computed (got {sorted(values)}); see the run's "
-                       "synthmed.*.skipped tags, e.g. FID needs the Inception weights file")
-    return values[monitor]
+    key, note = search.plan_objective(cfg)  # before training: an objective that cannot be computed stops here
+    tags = {search.TAG_OBJECTIVE: key, **({search.TAG_OBJECTIVE_NOTE: note} if note else {})}
+    values = train(cfg, tags)
+    return search.objective_value(values, key) if values else None  # no values: a DDP rank other than zero
 
 
 register_resolvers()
