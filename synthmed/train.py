@@ -12,12 +12,14 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
 
 from synthmed import search
 from synthmed.callbacks.metrics import evaluate_generation, log_result, record
 from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
 from synthmed.metrics import names
 from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import ui
 from synthmed.tracking.confighash import config_hash, short_hash
 from synthmed.tracking.resume import TAG_CHECKPOINT_DIR, find_resume
 from synthmed.tracking.sweep import job_overrides
@@ -45,12 +47,28 @@ def dataset_record(cfg: DictConfig, datamodule) -> dict:
             "geometry": getattr(train_set, "geometry", None), "spatial_dims": cfg.dataset.spatial_dims}
 
 
-def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule) -> None:
-    """Params (the flattened resolved config and this job's overrides), config, environment, data record."""
+def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule, full_hash: str) -> None:
+    """Params (the flattened resolved config and this job's overrides), config, environment, data record, and
+    what the MLflow UI shows: Dataset column, Source, run and experiment descriptions."""
     overrides = {f"override.{k}": v for k, v in job_overrides().items()}
     logger.log_hyperparams({**mt.flatten(mt.resolved_container(cfg)), **overrides})
     mt.log_run_record(run.client, run.run_id, cfg)
     mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
+    fmt = str(cfg.dataset.datamodule.dataset.get("_target_", "?")).rsplit(".", 1)[-1]  # the reader class
+    ui.log_dataset(run.client, run.run_id, cfg.dataset.name, datamodule.fingerprint, fmt, "train")
+    for key, value in ui.source_tags("synthmed train", mt.git_sha()).items():
+        run.client.set_tag(run.run_id, key, value)
+    note = ui.run_note(cfg.model.name, run.client.get_run(run.run_id).data.tags.get(mt.TAG_FAMILY, "?"),
+                       cfg.dataset.name, fmt, int(cfg.trainer.max_steps), full_hash)
+    run.client.set_tag(run.run_id, "mlflow.note.content", note)
+    ui.describe_experiment(run.client, logger.experiment_id, cfg.dataset.name)
+
+
+def system_metrics(cfg: DictConfig, run: mt.RunRef):
+    """MLflow's CPU/memory (and GPU) sampler when `logger.system_metrics` is true (rank zero only), else None."""
+    if not cfg.logger.get("system_metrics") or rank_zero_only.rank != 0:
+        return None
+    return ui.start_system_metrics(run.run_id, run.client.tracking_uri, float(cfg.logger.system_metrics_interval))
 
 
 def refuse_stale_checkpoints(folder: Path) -> None:
@@ -112,12 +130,13 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None) -> dict[str, floa
     run = mt.RunRef(logger.experiment, logger.run_id)
     with mt.run_status(run.client, run.run_id):
         if resume is None:
-            record_start(run, logger, cfg, datamodule)
+            record_start(run, logger, cfg, datamodule, full_hash)
         else:
             run.client.update_run(run.run_id, status="RUNNING")
         run.client.set_tag(run.run_id, TAG_CHECKPOINT_DIR, str(Path(cfg.paths.output_dir) / "checkpoints"))
         for key, value in (tags or {}).items():
             run.client.set_tag(run.run_id, key, value)
+        monitor = system_metrics(cfg, run)
         trainer = pl.Trainer(**cfg.trainer, **cfg.hardware, callbacks=build_callbacks(cfg.callbacks, suite),
                              logger=logger, default_root_dir=cfg.paths.output_dir)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
@@ -127,6 +146,8 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None) -> dict[str, floa
             evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
                                              cfg.eval.split, cfg.eval.n_real)
         record_final(run, trainer, evaluation, cfg)
+        if monitor is not None:
+            monitor.finish()
     if evaluation is None:
         return {}
     print_summary(run, full_hash, evaluation.result.values)

@@ -1,4 +1,4 @@
-"""Sample grids logged to MLflow as `samples/step_XXXXXXX.png` at every evaluation."""
+"""Sample grids logged to MLflow at every evaluation: `samples/step_XXXXXXX.png` and the `samples` image chart."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from synthmed.tracking.mlflow_utils import mlflow_run
+from synthmed.tracking.ui import log_grid
 from synthmed.viz import image_grid, save_png
 
 
@@ -44,9 +45,11 @@ class SampleGrid(pl.Callback):
             return None
         images = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed),
                                   cond=grid_request(getattr(pl_module, "conditioning", None), self.n))
+        grid = image_grid(images)
         with tempfile.TemporaryDirectory() as tmp:
-            png = save_png(image_grid(images), Path(tmp) / f"step_{trainer.global_step:07d}.png")
+            png = save_png(grid, Path(tmp) / f"step_{trainer.global_step:07d}.png")
             run.client.log_artifact(run.run_id, str(png), "samples")
+        log_grid(run.client, run.run_id, grid, trainer.global_step)  # the UI's image chart, with a step slider
         return f"samples/{png.name}"
 
 
