@@ -88,15 +88,21 @@ def mlflow_ui(sweep):
 def test_chart_view_shows_one_grid_per_child_and_the_dataset(sweep, mlflow_ui, chromium, tmp_path):
     client = MlflowClient(f"sqlite:///{sweep}/mlflow.db")
     exp = client.get_experiment_by_name("phantom2d")
+    fingerprint = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")[0]
     page = chromium.new_page(viewport={"width": 1600, "height": 1000})
-    page.goto(f"{mlflow_ui}/#/experiments/{exp.experiment_id}", wait_until="networkidle")
-    page.get_by_text("phantom2d").first.wait_for(timeout=60_000)  # the Dataset column names the data set
-    page.get_by_role("button", name="Expand rows").first.click() if page.get_by_role(
-        "button", name="Expand rows").count() else None
-    page.get_by_text("Chart", exact=True).first.click()
-    chart = page.get_by_text("samples", exact=True).first
-    chart.wait_for(timeout=60_000)
-    page.wait_for_timeout(3000)  # the image chart fetches its images
+    # MLflow 3 opens an experiment on its GenAI overview: the runs table is /runs (load, not networkidle: it polls)
+    page.goto(f"{mlflow_ui}/#/experiments/{exp.experiment_id}/runs", wait_until="load", timeout=90_000)
+    datasets = page.locator("[data-testid=open-dataset-drawer]")  # the Dataset column's cells
+    datasets.first.wait_for(timeout=90_000)
+    digest = fingerprint.data.tags["synthmed.dataset_fingerprint"][:8]
+    assert f"phantom2d ({digest}" in datasets.first.inner_text()
+    expand = page.get_by_role("button", name="Expand rows")  # the sweep parent's children, when collapsed
+    if expand.count():
+        expand.first.click()
+    page.locator("label:has(input[value=CHART])").first.click()  # the Table | Chart | Artifacts switch
+    page.get_by_placeholder("Search metric charts").fill("samples")  # the image chart, not below the fold
+    grids = page.locator("img[src*='get-artifact']")
+    grids.first.wait_for(timeout=90_000)
+    page.wait_for_timeout(3000)  # every run's grid arrives
     page.screenshot(path=str(tmp_path / "chart_view.png"), full_page=True)
-    images = page.locator("img[src*='get-artifact'], img[src*='samples']")
-    assert images.count() >= 3, f"{images.count()} grid images in the Chart view (screenshot {tmp_path})"
+    assert grids.count() >= 3, f"{grids.count()} grid images in the Chart view (screenshot {tmp_path})"
