@@ -17,6 +17,7 @@ commands:
   reproduce  re-run a recorded config, check its metrics: synthmed reproduce <config hash> [--tolerance 1e-6]
   reader-study  blinded visual Turing test: synthmed reader-study make|serve|analyze ... (--help for details)
   runs       status and heartbeat of runs, close SIGKILLed ones: synthmed runs list | reap [--older-than 10m]
+  weights    download the FID Inception weights (the only download): synthmed weights fetch [--to DIR]
 
 Hydra commands accept any key=value override; `--cfg job` prints the composed config, `--help` lists groups."""
 
@@ -48,7 +49,8 @@ def _plain(module: str):
 
 COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
             "translate": _hydra_app("translate"), "fid": _fid, "compare": _plain("compare"),
-            "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command"), "runs": _plain("runs")}
+            "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command"), "runs": _plain("runs"),
+            "weights": _plain("weights")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,12 +14,15 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
+from synthmed import search
 from synthmed.callbacks.nonfinite import split_guard
 from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
 from synthmed.evaluation.step import evaluate_generation, record
+from synthmed.metrics import names
 from synthmed.tracking import heartbeat as hb
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import tags as tk
+from synthmed.tracking import ui
 from synthmed.tracking.confighash import config_hash, short_hash
 from synthmed.tracking.first_stage import build_model
 from synthmed.tracking.results import log_result
@@ -49,12 +52,22 @@ def dataset_record(cfg: DictConfig, datamodule) -> dict:
             "geometry": getattr(train_set, "geometry", None), "spatial_dims": cfg.dataset.spatial_dims}
 
 
-def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule) -> None:
-    """Params (the flattened resolved config and this job's overrides), config, environment, data record."""
+def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule, full_hash: str) -> None:
+    """Params (the flattened resolved config and this job's overrides), config, environment, data record, and
+    what the MLflow UI shows: Dataset column, Source, run and experiment descriptions."""
     overrides = {f"override.{k}": v for k, v in job_overrides().items()}
     logger.log_hyperparams({**mt.flatten(mt.resolved_container(cfg)), **overrides})
     mt.log_run_record(run.client, run.run_id, cfg)
     mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
+    family = run.client.get_run(run.run_id).data.tags.get(tk.MODEL_FAMILY, "?")
+    ui.describe_run(run.client, run.run_id, logger.experiment_id, cfg, datamodule.fingerprint, full_hash, family)
+
+
+def system_metrics(cfg: DictConfig, run: mt.RunRef):
+    """MLflow's CPU/memory (and GPU) sampler when `logger.system_metrics` is true (rank zero only), else None."""
+    if not cfg.logger.get("system_metrics") or rank_zero_only.rank != 0:
+        return None
+    return ui.start_system_metrics(run.run_id, run.client.tracking_uri, float(cfg.logger.system_metrics_interval))
 
 
 def refuse_stale_checkpoints(folder: Path) -> None:
@@ -91,8 +104,15 @@ def record_final(run: mt.RunRef, trainer: pl.Trainer, evaluation, cfg: DictConfi
     mt.log_file(run, ckpt, "checkpoints")
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train, evaluate and record one run; returns the final metrics (keys from metrics/names.py)."""
+def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The last value of every metric the model itself logged (e.g. a VAE's `val/psnr`), keys from names.py."""
+    known = set(names.all_names().values())
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k in known and v.numel() == 1}
+
+
+def train(cfg: DictConfig, tags: dict[str, str] | None = None) -> dict[str, float]:
+    """Train, evaluate and record one run; returns the final metrics (keys from metrics/names.py) and, where the
+    evaluation does not compute them, the last values the model logged (`val/psnr`: a search objective)."""
     check_targets(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
@@ -110,10 +130,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     beats = hb.beating(run.client, run.run_id, cfg.get("heartbeat_s", 60), enabled=rank_zero_only.rank == 0)
     with mt.run_status(run.client, run.run_id), beats:  # a SIGKILLed run stops beating: `synthmed runs reap`
         if resume is None:
-            record_start(run, logger, cfg, datamodule)
+            record_start(run, logger, cfg, datamodule, full_hash)
         else:
             run.client.update_run(run.run_id, status="RUNNING")
-        mt.set_tags(run.client, run.run_id, {tk.CHECKPOINT_DIR: Path(cfg.paths.output_dir) / "checkpoints", **link_tags})
+        mt.set_tags(run.client, run.run_id, {tk.CHECKPOINT_DIR: Path(cfg.paths.output_dir) / "checkpoints", **link_tags,
+                                             **(tags or {})})
+        monitor = system_metrics(cfg, run)
         guard, trainer_args = split_guard(cfg.trainer)
         trainer = pl.Trainer(**trainer_args, **cfg.hardware, callbacks=[guard, *build_callbacks(cfg.callbacks, suite)],
                              logger=logger, default_root_dir=cfg.paths.output_dir)
@@ -124,10 +146,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
                                              cfg.eval.split, cfg.eval.n_real)
         record_final(run, trainer, evaluation, cfg)
+        if monitor is not None:
+            monitor.finish()
     if evaluation is None:
         return {}
     print_summary(run, full_hash, evaluation.result.values)
-    return evaluation.result.values
+    return {**logged_metrics(trainer), **evaluation.result.values}
 
 
 def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float]) -> None:
@@ -141,14 +165,13 @@ def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float]) -> N
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    values = train(cfg)
-    monitor = cfg.get("optimized_metric")
-    if not monitor or not values:  # no search, or a DDP rank other than zero
+    if not cfg.get("optimized_metric"):
+        train(cfg)
         return None
-    if monitor not in values:
-        raise KeyError(f"optimized_metric '{monitor}' was not computed (got {sorted(values)}); see the run's "
-                       "synthmed.*.skipped tags, e.g. FID needs the Inception weights file")
-    return values[monitor]
+    key, note = search.plan_objective(cfg)  # before training: an objective that cannot be computed stops here
+    tags = {tk.SEARCH_OBJECTIVE: key, **({tk.SEARCH_OBJECTIVE_NOTE: note} if note else {})}
+    values = train(cfg, tags)
+    return search.objective_value(values, key) if values else None  # no values: a DDP rank other than zero
 
 
 register_resolvers()

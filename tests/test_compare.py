@@ -71,15 +71,17 @@ def test_markdown_table_is_paper_ready(report):
     result, out = report
     lines = result["table_markdown"].splitlines()
     columns = lines[0].strip("| ").split(" | ")
-    assert columns[:3] == ["model", "config", "n"] and f"{names.MS_SSIM_DIVERSITY} ↓" in columns
+    assert columns[:3] == ["model", "config", "n"] and f"{names.MS_SSIM_DIVERSITY} ≈real" in columns
     assert all(c.split(" ")[0] in names.all_names().values() for c in columns[3:])  # metric keys as columns
     assert lines[1] == "| --- | --- | ---: |" + " ---: |" * (len(columns) - 3)
-    assert len(lines) == 4 and all(line.count("|") == len(columns) + 1 for line in lines)
+    assert len(lines) == 5 and all(line.count("|") == len(columns) + 1 for line in lines)
+    assert lines[-1].startswith("| real data")  # the reference row of the target metrics
+    assert names.MS_SSIM_DIVERSITY_REAL not in lines[0]  # a reference, not a column
     ddpm = next(line for line in lines if line.startswith("| ddpm")).strip("| ").split(" | ")
-    diversity = ddpm[columns.index(f"{names.MS_SSIM_DIVERSITY} ↓")]
+    diversity = ddpm[columns.index(f"{names.MS_SSIM_DIVERSITY} ≈real")]
     assert ddpm[:3] == ["ddpm", "–", "2"] and re.fullmatch(r"(\*\*)?[0-9.e-]+ ± [0-9.e-]+(\*\*)?", diversity)
     assert result["table_markdown"] in (out / "report.md").read_text()
-    diversity_cells = [line.strip("| ").split(" | ")[columns.index(f"{names.MS_SSIM_DIVERSITY} ↓")]
+    diversity_cells = [line.strip("| ").split(" | ")[columns.index(f"{names.MS_SSIM_DIVERSITY} ≈real")]
                        for line in lines[2:]]
     assert sum(cell.startswith("**") for cell in diversity_cells) == 1  # the best row of a column in bold
 

@@ -1,4 +1,4 @@
-"""Sample grids logged to MLflow as `samples/step_XXXXXXX.png` at every evaluation."""
+"""Sample grids logged to MLflow at every evaluation: `samples/step_XXXXXXX.png` and the `samples` image chart."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from synthmed.evaluation.step import source_request
 from synthmed.tracking.mlflow_utils import log_file, mlflow_run
+from synthmed.tracking.ui import log_grid
 from synthmed.viz import image_grid, save_png
 
 
@@ -46,9 +47,11 @@ class SampleGrid(pl.Callback):
             return None
         cond = source_request(pl_module, trainer.datamodule, self.n) or grid_request(pl_module.conditioning, self.n)
         images = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed), cond=cond)
+        grid = image_grid(images)
         with tempfile.TemporaryDirectory() as tmp:
-            png = save_png(image_grid(images), Path(tmp) / f"step_{trainer.global_step:07d}.png")
+            png = save_png(grid, Path(tmp) / f"step_{trainer.global_step:07d}.png")
             log_file(run, png, "samples")
+        log_grid(run.client, run.run_id, grid, trainer.global_step)  # the UI's image chart, with a step slider
         return f"samples/{png.name}"
 
 

@@ -46,8 +46,8 @@ def resolve_weights(weights: str | os.PathLike | None = None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"FID Inception weights not found: expected file '{path.name}' in folder '{path.parent}'. "
-            f"synthmed never downloads; copy it there once (source: {pfi.FID_WEIGHTS_URL}) "
-            "or set metrics.fid_weights to its path."
+            "synthmed never downloads unless asked: run `synthmed weights fetch` once (or copy the file from "
+            f"{pfi.FID_WEIGHTS_URL}), or set metrics.fid_weights (synthmed fid: --weights) to its path."
         )
     return path
 

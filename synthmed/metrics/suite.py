@@ -106,6 +106,7 @@ class MetricSuite:
         self._extractor: InceptionExtractor | None = None
         self._memory: dict[str, fidlib.FeatureSet] = {}  # reference features of this process, by cache key
         self._warned = False
+        self._real_diversity: dict[tuple, float] = {}  # MS-SSIM diversity of real sets, by content digest and n
         settings = D.EncoderSettings(tuple(domain_channels), domain_steps, domain_batch_size, domain_lr, domain_seed)
         self.encoders = D.EncoderBank(settings, cache_dir, device)
         self.cond_age_bins = tuple(bins)
@@ -157,10 +158,7 @@ class MetricSuite:
         if feats is not None:
             self._feature_metrics(*feats[:2], result)
         if "ms_ssim_diversity" in self.metrics:
-            value, cfg = ms_ssim_diversity(fake, self.diversity_pairs, data_range=2.0, seed=self.seed)
-            result.values[names.MS_SSIM_DIVERSITY] = value
-            result.tags["ms_ssim_diversity.config"] = str(cfg)
-            result.tags["ms_ssim_diversity.n_pairs"] = str(self.diversity_pairs)
+            self._diversity(fake, real, result)
         if "memorization" in self.metrics:
             self._memorization(fake, real, train, feats, result)
         digest = tensor_digest(train) if self.needs_cond else None  # hashed once for both encoders
@@ -243,6 +241,28 @@ class MetricSuite:
             v[names.PRECISION], v[names.RECALL] = precision_recall(f_real, f_fake, self.pr_k)
         if "density_coverage" in self.metrics:
             v[names.DENSITY], v[names.COVERAGE] = density_coverage(f_real, f_fake, self.dc_k)
+
+    # -------------------------------------------------------------------------------------------------- diversity
+    def _diversity(self, fake: Tensor, real: Tensor, result: SuiteResult) -> None:
+        """MS-SSIM diversity of the samples and, as its target, of as many real images by the same code (same pair
+        draw, same seed), plus their distance: noise (~0) and collapse (~1) are both far from real anatomy."""
+        comparable = real.shape[1:] == fake.shape[1:] and len(real) >= 2
+        n = min(len(fake), len(real)) if comparable else len(fake)
+        value, cfg = ms_ssim_diversity(fake[:n], self.diversity_pairs, data_range=2.0, seed=self.seed)
+        result.values[names.MS_SSIM_DIVERSITY] = value
+        result.tags |= {"ms_ssim_diversity.config": str(cfg), "ms_ssim_diversity.n_pairs": str(self.diversity_pairs),
+                        "ms_ssim_diversity.n": str(n)}
+        if not comparable:
+            result.tags["ms_ssim_diversity_real.skipped"] = (
+                f"real images {tuple(real.shape)} are not {len(fake)} x {tuple(fake.shape[1:])}-shaped (>= 2 needed)")
+            return
+        key = (tensor_digest(real[:n]), n, self.diversity_pairs, self.seed)
+        if key not in self._real_diversity:  # the same real images at every validation: computed once
+            self._real_diversity[key] = ms_ssim_diversity(real[:n], self.diversity_pairs, data_range=2.0,
+                                                          seed=self.seed)[0]
+        real_value = self._real_diversity[key]
+        result.values[names.MS_SSIM_DIVERSITY_REAL] = real_value
+        result.values[names.MS_SSIM_DIVERSITY_GAP] = abs(value - real_value)
 
     # -------------------------------------------------------------------------------------------------- fd_domain
     def _fd_domain(self, fake, real, train, train_cond, fingerprint, digest, result: SuiteResult) -> None:

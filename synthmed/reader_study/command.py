@@ -88,6 +88,7 @@ def source_images(opts: dict) -> Sources:
     from omegaconf import OmegaConf
 
     from synthmed.config import instantiate, register_resolvers
+    from synthmed.evaluation.step import source_request
     from synthmed.tracking.restore import provenance, restore_for_sampling
 
     register_resolvers()
@@ -98,14 +99,14 @@ def source_images(opts: dict) -> Sources:
                             "paths": {"root": root, "cache_dir": f"{root}/.cache/synthmed"}})
     client, restored = restore_for_sampling(cfg)
     datamodule = instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule")
-    if hasattr(restored.model, "attach_sources"):  # translators translate the split's source images
-        restored.model.attach_sources(datamodule)
     split, n_real, seed = opts["split"], _int(opts, "n_real", 1), _int(opts, "seed")
     ds = datamodule.split(split)
     if n_real > len(ds):
         raise ValueError(f"n_real={n_real}, but split '{split}' of run {opts['run']} holds {len(ds)} images")
     items = [ds.item(i, augment=False) if hasattr(ds, "item") else ds[i] for i in range(n_real)]
-    synth = restored.model.sample(_int(opts, "n_synth", 1), generator=torch.Generator().manual_seed(seed)).cpu()
+    n_synth = _int(opts, "n_synth", 1)
+    cond = source_request(restored.model, datamodule, n_synth, split)  # translators translate the split's sources
+    synth = restored.model.sample(n_synth, generator=torch.Generator().manual_seed(seed), cond=cond).cpu()
     meta = provenance(restored, seed) | {"split": split, "checkpoint": opts["checkpoint"],
                                          "tracking_uri": client.tracking_uri}
     return Sources(torch.stack([it["image"] for it in items]), synth,

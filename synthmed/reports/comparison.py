@@ -11,13 +11,15 @@ import html as H
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean, stdev
 
 from synthmed.metrics import names
-from synthmed.metrics.directions import direction
+from synthmed.metrics.directions import REFERENCES, TARGETS, direction
 from synthmed.tracking import tags as tk
 
 KNOWN_KEYS = frozenset(names.all_names().values())
-ARROWS = {"minimize": " ↓", "maximize": " ↑"}
+ARROWS = {"minimize": " ↓", "maximize": " ↑", "target": " ≈real"}
+REAL_ROW = "real data"  # the reference row: a target metric's value on real images (same n, same code)
 
 
 @dataclass
@@ -46,9 +48,20 @@ def fmt(stats: tuple[float, float | None, int] | None, n: int) -> str:
     return text if k == n else f"{text} ({k}/{n})"
 
 
+def shown_columns(report: Report) -> list[str]:
+    """The table's metric columns: real-data values go to the reference row instead."""
+    return [c for c in report.columns if c not in REFERENCES]
+
+
 def best_groups(report: Report, column: str) -> set[str]:
-    """Keys of the groups with the best mean in `column` (none without a direction or with one row)."""
+    """Keys of the groups with the best mean in `column` (none without a direction or with one row).
+
+    A target metric's best is the group whose mean distance to the real data's value (`*_gap`, per run) is
+    smallest: the lowest MS-SSIM diversity is pure noise, not the best generator.
+    """
     better = direction(column)
+    if better == "target":
+        column, better = TARGETS[column][1], "minimize"
     means = {g.key: st[0] for g in report.groups if (st := g.stats(column)) is not None}
     if better is None or len(means) < 2:
         return set()
@@ -56,17 +69,43 @@ def best_groups(report: Report, column: str) -> set[str]:
     return {k for k, v in means.items() if v == target}
 
 
+def reference_row(report: Report) -> list[str] | None:
+    """`real data` with each target metric's real value (mean ± std over the runs that logged it), or None."""
+    cells, found = [], False
+    for c in shown_columns(report):
+        values = [e.metrics[TARGETS[c][0]] for g in report.groups for e in g.entries
+                  if c in TARGETS and TARGETS[c][0] in e.metrics]
+        found |= bool(values)
+        cells.append(fmt((mean(values), stdev(values) if len(values) > 1 else None, len(values)), len(values))
+                     if values else "–")
+    return [REAL_ROW, "same n, same code", "–", *cells] if found else None
+
+
+RANKING = (names.FID, names.FD_DOMAIN)  # rows are ordered by the first fidelity metric any run has
+
+
+def ranked(report: Report) -> tuple[list, str | None]:
+    """The groups best first by FID, or by the in-domain Frechet distance where no run has FID (no Inception
+    weights); groups without that metric keep their order at the end. Also returns the key ranked by."""
+    key = next((k for k in RANKING if any(g.stats(k) for g in report.groups)), None)
+    if key is None:
+        return list(report.groups), None
+    return sorted(report.groups, key=lambda g: (g.stats(key) is None, g.stats(key)[0] if g.stats(key) else 0)), key
+
+
 def table_rows(report: Report, bold: tuple[str, str]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the main table; best cells wrapped in `bold`."""
-    header = ["model", "config", "n", *(c + ARROWS.get(direction(c) or "", "") for c in report.columns)]
-    best = {c: best_groups(report, c) for c in report.columns}
+    """Header and cells of the main table; best cells wrapped in `bold`; the real-data reference row last."""
+    columns = shown_columns(report)
+    header = ["model", "config", "n", *(c + ARROWS.get(direction(c) or "", "") for c in columns)]
+    best = {c: best_groups(report, c) for c in columns}
     rows = []
-    for g in report.groups:
+    for g in ranked(report)[0]:
         n = len(g.entries)
-        cells = [fmt(g.stats(c), n) for c in report.columns]
-        cells = [f"{bold[0]}{cell}{bold[1]}" if g.key in best[c] else cell for c, cell in zip(report.columns, cells)]
+        cells = [fmt(g.stats(c), n) for c in columns]
+        cells = [f"{bold[0]}{cell}{bold[1]}" if g.key in best[c] else cell for c, cell in zip(columns, cells)]
         rows.append([g.model, g.label or "–", str(n), *cells])
-    return header, rows
+    reference = reference_row(report)
+    return header, rows + ([reference] if reference else [])
 
 
 def run_rows(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -93,7 +132,9 @@ def summary(report: Report) -> str:
             f"({report.tracking_uri}), {time.strftime('%Y-%m-%d %H:%M')}. One row per configuration: runs whose "
             "recorded configs differ only in `seed` (and settings that interpolate it); values are the final "
             "metrics (`metrics/final.json`) as mean ± sample std over the row's `n` runs. ↓ lower is better, "
-            "↑ higher is better; the best mean is in bold.")
+            "↑ higher is better, ≈real: closest to the `real data` row (the same statistic on as many real "
+            "images) is best; the best mean is in bold. "
+            + (f"Rows are ranked by `{ranked(report)[1]}`." if ranked(report)[1] else "No fidelity metric to rank by."))
 
 
 def main_table(report: Report) -> str:
@@ -165,5 +206,9 @@ def as_dict(report: Report) -> dict:
     table = [{"model": g.model, "config": g.label, "group": g.key, "n": len(g.entries),
               "seeds": [e.seed for e in g.entries], "runs": [e.run.info.run_id for e in g.entries],
               "metrics": {c: stats(g, c) for c in report.columns if g.stats(c) is not None}} for g in report.groups]
+    order, key = ranked(report)
+    table.sort(key=lambda row: [g.key for g in order].index(row["group"]))
     return {"experiment": report.experiment, "tracking_uri": report.tracking_uri, "columns": report.columns,
-            "table": table, "skipped": report.skipped}
+            "table": table, "skipped": report.skipped, "ranked_by": key,
+            "best": {c: sorted(best_groups(report, c)) for c in shown_columns(report)},
+            "reference": reference_row(report)}

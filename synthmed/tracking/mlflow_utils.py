@@ -207,8 +207,10 @@ def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str,
     """
     uri = tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root)
     store.prepare(uri, cfg.logger.get("experiment_name"), artifact_location(uri, cfg.paths.root))  # job arrays
-    logger = instantiate(
-        cfg.logger, "logger", tracking_uri=uri, artifact_location=artifact_location(uri, cfg.paths.root),
+    resolved = OmegaConf.to_container(cfg.logger, resolve=True)  # resolved here: a detached copy cannot be later
+    logger_cfg = OmegaConf.create({k: v for k, v in resolved.items() if not str(k).startswith("system_")})
+    logger = instantiate(  # system_metrics*: synthmed's own keys (train.py), not MLFlowLogger arguments
+        logger_cfg, "logger", tracking_uri=uri, artifact_location=artifact_location(uri, cfg.paths.root),
         run_name=run_name(cfg.model.name, cfg.dataset.name, full_hash),
         tags={**run_tags(full_hash, family, cfg.model.name, fingerprint), **parent_tags()}, run_id=run_id,
     )

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import tags as tk
+from synthmed.tracking import ui
 
 URI_ENV = "SYNTHMED_SWEEP_TRACKING_URI"
 
@@ -36,6 +37,7 @@ class MLflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.client: MlflowClient | None = None
         self.parent: str | None = None
+        self.ranking: tuple[str, str | None] = ("", None)  # (metric, direction) that picks the best child
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         uri = mt.tracking_uri(config.logger.get("tracking_uri"), config.paths.root)
@@ -45,6 +47,7 @@ class MLflowSweepCallback(Callback):
         run = self.client.create_run(exp, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
                                      tags={tk.SWEEP: "parent", tk.SWEEP_OVERRIDES: overrides})
         self.parent = run.info.run_id
+        self.ranking = sweep_metric(config)
         os.environ[mt.PARENT_ENV], os.environ[URI_ENV] = self.parent, uri
         # The sweeper raises on a failed job before on_multirun_end runs: close the parent at exit instead.
         atexit.register(self._close, "FAILED")
@@ -61,6 +64,7 @@ class MLflowSweepCallback(Callback):
         if any(c.info.status != "FINISHED" for c in children):
             status = "FAILED"
         self.client.set_tag(self.parent, tk.SWEEP_CHILDREN, str(len(children)))
+        ui.summarize_sweep(self.client, self.parent, children, *self.ranking)
         self.client.set_terminated(self.parent, status)
         os.environ.pop(mt.PARENT_ENV, None)
         self.parent = None
@@ -72,6 +76,25 @@ def in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_metric(config: DictConfig) -> tuple[str, str | None]:
+    """The metric a sweep's best child is chosen by: a search's objective, else FID when the Inception weights
+    exist, else the in-domain Frechet distance; with its direction (a target metric: its distance to real)."""
+    from synthmed.metrics import names
+    from synthmed.metrics.directions import objective_key, search_direction
+    from synthmed.metrics.inception import resolve_weights
+
+    key = config.get("optimized_metric")
+    if not key:
+        try:
+            resolve_weights(config.metrics.get("fid_weights"))
+            key = names.FID
+        except FileNotFoundError:
+            key = names.FD_DOMAIN
+    return objective_key(str(key)), search_direction(str(key))
+
+
 
 
 def job_overrides() -> dict[str, str]:

@@ -25,6 +25,12 @@ SWEEP = "synthmed.sweep"  # "parent" on the parent run of a multirun
 SWEEP_OVERRIDES = "synthmed.sweep_overrides"  # the multirun's command-line overrides
 SWEEP_CHILDREN = "synthmed.sweep_children"  # how many jobs the sweep ran
 
+SWEEP_BEST_RUN = "synthmed.sweep.best_run"  # on a sweep parent: its best child by the sweep's metric
+SWEEP_BEST_METRIC = "synthmed.sweep.best_metric"
+SWEEP_BEST_VALUE = "synthmed.sweep.best_value"
+SEARCH_OBJECTIVE = "synthmed.search.objective"  # on a search trial: the key it returned to Optuna
+SEARCH_OBJECTIVE_NOTE = "synthmed.search.objective_note"  # why it is not `optimized_metric` (offline fallback)
+
 # ---- runs about other runs ----------------------------------------------------------------------------------------
 EVALUATES = "synthmed.evaluates"  # on an evaluation child run (`synthmed evaluate child_run=true`): the trained run
 EVAL_GUIDANCE = "synthmed.eval.guidance_scale"  # the guidance weight an evaluation sampled with, when overridden
