@@ -47,14 +47,8 @@ class Outcome:
 
 
 def find_record(client: MlflowClient, ref: str, study_roots: list[Path]) -> records.RecordedResult:
-    """The MLflow run with id/hash `ref`, else the pinned-study entry with that hash.
-
-    A local sqlite store that does not exist is not opened (opening creates it: `--dry-run` must write nothing).
-    """
+    """The MLflow run with id/hash `ref`, else the pinned-study entry with that hash."""
     try:
-        uri = client.tracking_uri
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-            raise LookupError(f"no MLflow store at {uri.removeprefix('sqlite:///')}")
         return records.from_mlflow(client, ref)
     except LookupError as mlflow_err:
         try:
