@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -50,6 +50,7 @@ class Entry:
     seed: str
     flat: dict[str, str]  # the flattened semantic config (seed included)
     group: str = ""  # 12 hex digits identifying the config without the seed: the row
+    repeats: list = field(default_factory=list)  # older runs of the same config hash and seed, not counted
 
     @property
     def model(self) -> str:
@@ -64,6 +65,7 @@ class Group:
     model: str
     label: str
     entries: list[Entry]
+    differs: list[str] = field(default_factory=list)  # every `key=value` telling this row apart from its model's
 
     def stats(self, metric: str) -> tuple[float, float | None, int] | None:
         """(mean, sample std or None for one value, count) of `metric` over the group's runs."""
@@ -131,8 +133,29 @@ def describe(client: MlflowClient, run: Run) -> Entry:
 
 def seed_keys(entries: list[Entry]) -> set[str]:
     """`seed` and every `*seed` key that equals it in every run (interpolations of `${seed}`)."""
-    candidates = {k for e in entries for k in e.flat if k.rsplit(".", 1)[-1].endswith("seed")}
-    return {"seed"} | {k for k in candidates if all(e.flat.get(k) == e.seed for e in entries)}
+    # Judged on the runs that record a seed and the key: a run without them (a sweep parent kept with
+    # include_parents=true) must not turn `${seed}` interpolations into configuration keys and split the seeds.
+    seeded = [e for e in entries if e.seed != "?"]
+    candidates = {k for e in seeded for k in e.flat if k.rsplit(".", 1)[-1].endswith("seed")}
+    return {"seed"} | {k for k in candidates if all(e.flat[k] == e.seed for e in seeded if k in e.flat)}
+
+
+def drop_repeats(entries: list[Entry]) -> tuple[list[Entry], list[str]]:
+    """One sample per (config hash, seed): a config run twice (two sweeps) is one sample, not two, or the spread
+    shrinks. The newest run is kept; each repeat is named in the returned notes."""
+    def key(e: Entry) -> tuple[str, str]:
+        return e.run.data.tags.get(tk.CONFIG_HASH) or canonical_json(e.flat), e.seed
+
+    same: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:  # in start-time order: the last of each key is the newest
+        same.setdefault(key(e), []).append(e)
+    kept = [e for e in entries if e is same[key(e)][-1]]
+    for e in kept:
+        e.repeats = [r.run for r in same[key(e)][:-1]]
+    notes = [f"{r.info.run_name or r.info.run_id}: repeats {e.run.info.run_name or e.run.info.run_id} (same config "
+             f"hash {short_hash(e.run.data.tags.get(tk.CONFIG_HASH, '')) or '?'} and seed {e.seed}; counted once)"
+             for e in kept for r in e.repeats]
+    return kept, notes
 
 
 def group_entries(entries: list[Entry]) -> list[Group]:
@@ -150,8 +173,9 @@ def group_entries(entries: list[Entry]) -> list[Group]:
         differing = sorted((k for k in keys if len({g.entries[0].flat.get(k) for g in same}) > 1),
                            key=lambda k: (not k.startswith("dataset.name"), len(k), k))
         for g in same:
-            parts = [f"{k.removeprefix('model.')}={g.entries[0].flat.get(k, '-')}" for k in differing[:4]]
-            g.label = ", ".join(parts) + (", ..." if len(differing) > 4 else "")
+            parts = [f"{k.removeprefix('model.')}={g.entries[0].flat.get(k, '-')}" for k in differing]
+            g.differs = parts  # all of them in report.json; the table shows four and says how many are left out
+            g.label = ", ".join(parts[:4]) + (f", +{len(parts) - 4} more (report.json)" if len(parts) > 4 else "")
     return list(groups.values())
 
 
@@ -220,7 +244,9 @@ def compare(opts: dict) -> dict:
     exp_name = opts["experiment"] or client.get_experiment(runs[0].info.experiment_id).name
     out = Path(opts["out"] or Path(root) / "reports" / f"compare-{exp_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    groups = group_entries([describe(client, r) for r in runs])
+    entries, repeats = drop_repeats([describe(client, r) for r in runs])
+    skipped = skipped + repeats
+    groups = group_entries(entries)
     columns = metric_columns(e for g in groups for e in g.entries)
     doc = R.Report(exp_name, client.tracking_uri, groups, columns, curves(client, groups, out),
                    grids(client, groups, out), skipped)

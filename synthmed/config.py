@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from synthmed.metrics import names
+from synthmed.targets import refusal
 
 
 def _conf_dir() -> Path:
@@ -23,11 +24,6 @@ def _conf_dir() -> Path:
 
 
 CONF_DIR = _conf_dir()
-
-# Only these packages may be named by a `_target_`: a config file is data, and data must not be able to run
-# arbitrary callables (e.g. `os.system`) through Hydra's instantiate.
-ALLOWED_TARGET_PREFIXES = ("synthmed.", "torch.", "monai.", "torchmetrics.", "pytorch_lightning.", "lightning.pytorch.")
-
 
 class DisallowedTargetError(ValueError):
     """A config names a `_target_` outside the allowlist."""
@@ -45,6 +41,8 @@ def register_resolvers() -> None:
     """Register synthmed's OmegaConf resolvers once per process (idempotent)."""
     if not OmegaConf.has_resolver("metric"):
         OmegaConf.register_new_resolver("metric", _metric_resolver)
+    if not OmegaConf.has_resolver("div"):  # `${div:${trainer.max_steps},2}`: whole steps, at least 1
+        OmegaConf.register_new_resolver("div", lambda a, b: max(1, int(a) // int(b)))
 
 
 def iter_targets(node: Any, path: str = "") -> list[tuple[str, str]]:
@@ -64,13 +62,11 @@ def iter_targets(node: Any, path: str = "") -> list[tuple[str, str]]:
 
 
 def check_targets(cfg: Any, path: str = "") -> None:
-    """Raise DisallowedTargetError naming the first key whose `_target_` is not allowlisted."""
+    """Raise DisallowedTargetError naming the first key whose `_target_` is not allowlisted (synthmed/targets.py)."""
     for key, target in iter_targets(cfg, path):
-        if not target.startswith(ALLOWED_TARGET_PREFIXES):
-            raise DisallowedTargetError(
-                f"config key '{key}' names _target_ '{target}', which is not allowed; a _target_ must start with "
-                f"one of {', '.join(ALLOWED_TARGET_PREFIXES)}"
-            )
+        why = refusal(target)
+        if why is not None:
+            raise DisallowedTargetError(f"config key '{key}' names _target_ '{target}', which is not allowed: {why}")
 
 
 def instantiate(cfg: Any, path: str = "", **kwargs: Any) -> Any:

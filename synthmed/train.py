@@ -15,16 +15,21 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
 from synthmed import search
+from synthmed.callbacks.checkpoint import quiet_fresh_start_notices, save_final
 from synthmed.callbacks.nonfinite import split_guard
+from synthmed.callbacks.progress import progress_bars
 from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
 from synthmed.evaluation.step import evaluate_generation, record
 from synthmed.metrics import names
+from synthmed.nets.sizes import check_image_size
 from synthmed.tracking import heartbeat as hb
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import tags as tk
 from synthmed.tracking import ui
 from synthmed.tracking.confighash import config_hash, short_hash
 from synthmed.tracking.first_stage import build_model
+from synthmed.tracking.lifecycle import SignalGuard
+from synthmed.tracking.refs import run_ref
 from synthmed.tracking.results import log_result
 from synthmed.tracking.resume import find_resume
 from synthmed.tracking.sweep import in_multirun, job_overrides
@@ -49,7 +54,9 @@ def dataset_record(cfg: DictConfig, datamodule) -> dict:
     train_set = datamodule.split("train")
     return {"name": cfg.dataset.name, "fingerprint": datamodule.fingerprint, "intensity": datamodule.intensity,
             "target_intensity": getattr(train_set, "target_intensity", None),
-            "geometry": getattr(train_set, "geometry", None), "spatial_dims": cfg.dataset.spatial_dims}
+            "geometry": getattr(train_set, "geometry", None), "spatial_dims": cfg.dataset.spatial_dims,
+            # files the pre-flight check skipped (on_bad=skip), with their cause: the run says what it trained without
+            "skipped_files": [str(b) for b in getattr(train_set, "quarantine", None) or []]}
 
 
 def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule, full_hash: str) -> None:
@@ -87,17 +94,8 @@ def final_metric_names(cfg: DictConfig, model) -> list[str]:
     return list(cfg.eval.metrics) + [m for m in extra if m not in cfg.eval.metrics]
 
 
-def record_final(run: mt.RunRef, trainer: pl.Trainer, evaluation, cfg: DictConfig) -> None:
-    """Log the final metrics, metrics/final.json and the final checkpoint (weights-only loadable).
-
-    Every rank calls this (saving a checkpoint is collective); only rank zero has an evaluation and logs.
-    """
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt"
-    # Full state (optimizer and loop states too, so a run can continue from it); saying so silences Lightning's
-    # notice. It still loads with torch.load(weights_only=True): every entry is a tensor or a plain value.
-    trainer.save_checkpoint(ckpt, weights_only=False)
-    if evaluation is None:
-        return
+def record_final(run: mt.RunRef, trainer: pl.Trainer, evaluation, cfg: DictConfig, ckpt: Path) -> None:
+    """Log the final metrics, metrics/final.json and the final checkpoint (rank zero only)."""
     log_result(run, evaluation, trainer.global_step)
     meta = {"seed": cfg.eval.seed, "split": cfg.eval.split}
     mt.log_json(run.client, run.run_id, record(evaluation, trainer.global_step, **meta), "metrics/final.json")
@@ -112,8 +110,17 @@ def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 def train(cfg: DictConfig, tags: dict[str, str] | None = None) -> dict[str, float]:
     """Train, evaluate and record one run; returns the final metrics (keys from metrics/names.py) and, where the
-    evaluation does not compute them, the last values the model logged (`val/psnr`: a search objective)."""
+    evaluation does not compute them, the last values the model logged (`val/psnr`: a search objective).
+
+    SIGINT/SIGTERM end the run KILLED and raise `Interrupted` (exit status 130/143); see tracking/lifecycle.py.
+    """
+    with SignalGuard() as signals:
+        return _train(cfg, signals, tags or {})
+
+
+def _train(cfg: DictConfig, signals: SignalGuard, tags: dict[str, str]) -> dict[str, float]:
     check_targets(cfg)
+    check_image_size(cfg)  # before any run exists: a size the network cannot take is a config error
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
     model, link_tags = build_model(cfg, in_multirun())  # before the hash: it covers an ldm's first stage
@@ -121,37 +128,43 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None) -> dict[str, floa
         log.info("torch.compile: %s", model.compile_networks())
     suite = instantiate(cfg.metrics, "metrics")
     full_hash = config_hash(cfg)
-    resume = (find_resume(mt.tracking_client(cfg), str(cfg.resume), full_hash, cfg.get("resume_fallback", "none"))
+    resume = (find_resume(mt.tracking_client(cfg), run_ref(cfg, "resume"), full_hash, cfg.get("resume_fallback", "none"))
               if cfg.get("resume") else None)
     if resume is None:
         refuse_stale_checkpoints(Path(cfg.paths.output_dir) / "checkpoints")
     logger = mt.make_logger(cfg, model.family, datamodule.fingerprint, full_hash, resume and resume.run_id)
     run = mt.RunRef(logger.experiment, logger.run_id)
+    log.info("MLflow run %s (config hash %s) in %s", run.run_id, short_hash(full_hash), run.client.tracking_uri)
     beats = hb.beating(run.client, run.run_id, cfg.get("heartbeat_s", 60), enabled=rank_zero_only.rank == 0)
     with mt.run_status(run.client, run.run_id), beats:  # a SIGKILLed run stops beating: `synthmed runs reap`
         if resume is None:
             record_start(run, logger, cfg, datamodule, full_hash)
         else:
             run.client.update_run(run.run_id, status="RUNNING")
-        mt.set_tags(run.client, run.run_id, {tk.CHECKPOINT_DIR: Path(cfg.paths.output_dir) / "checkpoints", **link_tags,
-                                             **(tags or {})})
+        ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+        mt.set_tags(run.client, run.run_id, {tk.CHECKPOINT_DIR: ckpt_dir, **link_tags, **tags})
         monitor = system_metrics(cfg, run)
-        guard, trainer_args = split_guard(cfg.trainer)
-        trainer = pl.Trainer(**trainer_args, **cfg.hardware, callbacks=[guard, *build_callbacks(cfg.callbacks, suite)],
-                             logger=logger, default_root_dir=cfg.paths.output_dir)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
+        nonfinite, trainer_args = split_guard(cfg.trainer)
+        callbacks = [nonfinite, *build_callbacks(cfg.callbacks, suite), *progress_bars(cfg.trainer.enable_progress_bar)]
+        trainer = pl.Trainer(**trainer_args, **cfg.hardware, callbacks=callbacks, logger=logger,
+                             default_root_dir=cfg.paths.output_dir)
+        with signals.fitting(), quiet_fresh_start_notices():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
+        with signals.critical():  # a half-written final.ckpt must never be what resume= picks
+            ckpt = save_final(trainer, ckpt_dir)
         evaluation = None
         if trainer.is_global_zero:  # one rank scores the samples: each counted once, as on one device
             final_suite = suite.with_metrics(final_metric_names(cfg, model))  # Inception and features loaded once
             evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
                                              cfg.eval.split, cfg.eval.n_real)
-        record_final(run, trainer, evaluation, cfg)
+            with signals.critical(stop_after=False):
+                record_final(run, trainer, evaluation, cfg, ckpt)
         if monitor is not None:
             monitor.finish()
-    if evaluation is None:
-        return {}
-    print_summary(run, full_hash, evaluation.result.values)
-    return {**logged_metrics(trainer), **evaluation.result.values}
+    if evaluation is not None:
+        print_summary(run, full_hash, evaluation.result.values)
+    signals.check()  # a signal while the record was written: the record is complete, the exit status still says so
+    return {**logged_metrics(trainer), **evaluation.result.values} if evaluation is not None else {}
 
 
 def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float]) -> None:

@@ -83,6 +83,7 @@ def test_skip_quarantines_and_every_item_is_finite(mixed, caplog):
     with caplog.at_level(logging.WARNING, logger="synthmed.data.preflight"):
         splits = [NiftiDataset(s, folder, size=SIZE, on_bad="skip") for s in ("train", "val", "test")]
     assert f"skipping {len(expected)} of" in caplog.text and "constant.nii" in caplog.text
+    assert caplog.text.count("pre-flight: skipping") == 1  # three splits, one warning
     assert sorted(Path(b.path).name for b in splits[0].quarantine) == sorted(expected)
     assert sum(len(d) for d in splits) == 5  # only the good files, spread over the splits
     for ds in splits:

@@ -98,6 +98,9 @@ def _scan_one(scan: Callable[[Record], dict], record: Record) -> dict:
         return {"bad": [record.display, f"unreadable ({type(e).__name__}: {e})"]}
 
 
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
+
+
 def _apply_policy(on_bad: str, bad: list[BadFile], n: int, n_good: int, where: str) -> None:
     if not bad:
         return
@@ -106,8 +109,12 @@ def _apply_policy(on_bad: str, bad: list[BadFile], n: int, n_good: int, where: s
     if on_bad == "fail":
         raise BadDataError(f"{len(bad)} of {n} item(s) under {where} failed the pre-flight check (on_bad=fail; "
                            "fix or remove them, or set on_bad=skip to train without them)", bad)
-    log.warning("pre-flight: skipping %d of %d item(s) under %s (on_bad=skip):%s", len(bad), n, where,
-                "".join(f"\n  {b}" for b in bad))
+    said = (where, tuple(str(b) for b in bad))
+    if said in _WARNED:  # every split scans all items: the same news once per process, not once per split
+        return
+    _WARNED.add(said)
+    log.warning("pre-flight: skipping %d of %d item(s) under %s (on_bad=skip; listed in the run's "
+                "data/dataset.json):%s", len(bad), n, where, "".join(f"\n  {b}" for b in bad))
 
 
 def _memo_file(key: str, memo_dir) -> Path | None:

@@ -24,7 +24,14 @@ from tqdm.auto import tqdm
 
 from synthmed.metrics import fid as fidlib
 from synthmed.metrics.cache import ReferenceCache
-from synthmed.metrics.inception import VALID_DIMS, WEIGHTS_FILE, InceptionExtractor
+from synthmed.metrics.inception import (
+    OFFICIAL_SHA256_PREFIX,
+    VALID_DIMS,
+    WEIGHTS_FILE,
+    InceptionExtractor,
+    is_official,
+    resolve_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; prints ``FID:  <value>`` (or writes the stats file) and returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.save_stats or any(not p.endswith(".npz") for p in args.path):  # images: the network is needed
+            args.weights = str(checked_weights(args.weights))
         if args.save_stats:
             save_folder_stats(args.path[0], args.path[1], dims=args.dims, batch_size=args.batch_size,
                               device=args.device, num_workers=args.num_workers, weights=args.weights)
@@ -63,6 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("FID: ", value)  # pytorch-fid's exact output format
     return 0
+
+
+def checked_weights(weights: str | None) -> Path:
+    """The weights file (an error naming `--weights` when missing); a warning when it is not pytorch-fid's file,
+    whose FIDs are then not comparable to published ones (its sha256 is recorded either way)."""
+    path = resolve_weights(weights, "--weights")
+    if not is_official(path):
+        print(f"synthmed fid: warning: {path} is not the official FID Inception weights file (its sha256 does not "
+              f"start with {OFFICIAL_SHA256_PREFIX}, as the official name says): this FID is not comparable to "
+              f"published or pytorch-fid values", file=sys.stderr)
+    return path
 
 
 def fid_of_paths(paths: list[str], dims: int = 2048, batch_size: int = 50, device: str | None = None,

@@ -36,20 +36,31 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
 
 
-def resolve_weights(weights: str | os.PathLike | None = None) -> Path:
+def resolve_weights(weights: str | os.PathLike | None = None, setting: str = "metrics.fid_weights") -> Path:
     """Return the weights file to use, or raise FileNotFoundError naming the exact file and folder expected.
 
     Args:
         weights: explicit path (config ``metrics.fid_weights``); None means pytorch-fid's torch.hub cache location.
+        setting: how the caller's user passes a path, named in the error (`synthmed fid` uses ``--weights``).
     """
     path = Path(weights).expanduser() if weights else default_weights_path()
     if not path.is_file():
+        how = f"pass {setting} PATH" if setting.startswith("-") else f"set {setting} to its path"
         raise FileNotFoundError(
             f"FID Inception weights not found: expected file '{path.name}' in folder '{path.parent}'. "
             "synthmed never downloads unless asked: run `synthmed weights fetch` once (or copy the file from "
-            f"{pfi.FID_WEIGHTS_URL}), or set metrics.fid_weights (synthmed fid: --weights) to its path."
+            f"{pfi.FID_WEIGHTS_URL}), or {how}."
         )
     return path
+
+
+# torch.hub names a weights file `<name>-<first 8 hex digits of its sha256>.pth`; pytorch-fid's keeps that name.
+OFFICIAL_SHA256_PREFIX = WEIGHTS_FILE.rsplit("-", 1)[-1].split(".")[0]
+
+
+def is_official(path: str | os.PathLike) -> bool:
+    """Whether a weights file is pytorch-fid's (its sha256 starts with the prefix in the official file name)."""
+    return weights_sha256(path).startswith(OFFICIAL_SHA256_PREFIX)
 
 
 def weights_sha256(path: str | os.PathLike) -> str:

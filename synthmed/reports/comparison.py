@@ -203,7 +203,7 @@ def as_dict(report: Report) -> dict:
         st = g.stats(c)
         return None if st is None else {"mean": st[0], "std": st[1], "n": st[2]}
 
-    table = [{"model": g.model, "config": g.label, "group": g.key, "n": len(g.entries),
+    table = [{"model": g.model, "config": g.label, "differs": g.differs, "group": g.key, "n": len(g.entries),
               "seeds": [e.seed for e in g.entries], "runs": [e.run.info.run_id for e in g.entries],
               "metrics": {c: stats(g, c) for c in report.columns if g.stats(c) is not None}} for g in report.groups]
     order, key = ranked(report)

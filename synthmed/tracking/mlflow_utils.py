@@ -8,6 +8,7 @@ The layout is DESIGN.md's "MLflow layout": experiment = dataset name by default,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -134,8 +135,19 @@ def find_run(client: MlflowClient, ref: str, prefer_finished: bool = True) -> Ru
     runs = [r for r in runs if tk.EVALUATES not in r.data.tags]
     if not runs:
         raise LookupError(f"no run with id or config hash '{ref}' in {client.tracking_uri}")
+    hashes = {r.data.tags[tk.CONFIG_HASH] for r in runs}
+    if len(hashes) > 1:  # a prefix of several configs: which one the user meant is not ours to guess
+        listing = "\n".join(f"  {r.data.tags[tk.CONFIG_HASH][:12]}  run {r.info.run_id}  {r.info.status:<8}  "
+                            f"{r.info.run_name}" for r in runs)
+        raise LookupError(f"config hash prefix '{ref}' matches {len(hashes)} configurations:\n{listing}\n"
+                          f"give a longer prefix (or a run id)")
     finished = [r for r in runs if r.info.status == "FINISHED"] if prefer_finished else []
-    return (finished or runs)[0]
+    chosen = (finished or runs)[0]
+    if len(runs) > 1:
+        logging.getLogger(__name__).info(
+            "config hash %s: %d runs; took %s (%s, the newest%s)", chosen.data.tags[tk.CONFIG_HASH][:12], len(runs),
+            chosen.info.run_id, chosen.info.status, " finished one" if finished else "")
+    return chosen
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
@@ -226,10 +238,13 @@ def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str,
 
 
 def _killed(exc: BaseException) -> bool:
-    """Ctrl-C, or SIGTERM (Lightning turns it into SIGTERMException at the next batch boundary)."""
+    """Ctrl-C, or SIGTERM (Lightning turns it into SIGTERMException at the next batch boundary; outside `fit`
+    tracking/lifecycle.py raises Interrupted)."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    return isinstance(exc, (KeyboardInterrupt, SIGTERMException))
+    from synthmed.tracking.lifecycle import Interrupted
+
+    return isinstance(exc, (KeyboardInterrupt, SIGTERMException, Interrupted))
 
 
 @contextmanager
@@ -238,8 +253,12 @@ def run_status(client: MlflowClient, run_id: str):
     try:
         yield
     except BaseException as exc:
-        if not _killed(exc):
+        status = "KILLED" if _killed(exc) else "FAILED"
+        if status == "FAILED":
             log_text(client, run_id, traceback.format_exc(), "error/traceback.txt")
-        client.set_terminated(run_id, "KILLED" if _killed(exc) else "FAILED")
+        # The job's log (Hydra's train.log) says how and why the run ended, next to its id.
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        logging.getLogger(__name__).error("run %s ended %s (%s)", run_id, status, why, exc_info=status == "FAILED")
+        client.set_terminated(run_id, status)
         raise
     client.set_terminated(run_id, "FINISHED")

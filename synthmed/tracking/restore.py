@@ -15,6 +15,7 @@ from synthmed.models.base import GenerativeModule, load_weights
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import tags as tk
 from synthmed.tracking.checkpoints import refuse_url
+from synthmed.tracking.refs import run_ref
 
 
 @dataclass
@@ -57,7 +58,7 @@ def restore_for_sampling(cfg: DictConfig) -> tuple[MlflowClient, Restored]:
     """What `synthmed sample|evaluate|translate` start from: run `cfg.run` of the store `cfg.tracking_uri` /
     `cfg.paths.root`, restored from `cfg.checkpoint`, on `cfg.device`, sampling `cfg.batch_size` at a time."""
     client = MlflowClient(mt.tracking_uri(cfg.tracking_uri, cfg.paths.root))
-    restored = restore_run(client, str(cfg.run), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
+    restored = restore_run(client, run_ref(cfg, "run"), Path(cfg.paths.cache_dir) / "runs", cfg.checkpoint)
     restored.model.to(cfg.device)
     restored.model.sample_batch_size = cfg.batch_size
     return client, restored

@@ -12,8 +12,9 @@ from synthmed.tracking import tags as tk
 from synthmed.tracking.checkpoints import refuse_url, usable_checkpoint
 from synthmed.tracking.confighash import short_hash
 
-# Newest first: on_exception.ckpt is written at the moment of a SIGTERM or crash, last.ckpt at the last evaluation.
-CANDIDATES = ("on_exception.ckpt", "last.ckpt")
+# The newest of these is resumed from: on_exception.ckpt is written at the step a signal or crash stopped training,
+# last.ckpt at the last evaluation, final.ckpt as soon as training ended (a run stopped in its final evaluation).
+CANDIDATES = ("on_exception.ckpt", "last.ckpt", "final.ckpt")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,18 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def refuse_finished(run, ref: str) -> None:
+    """A finished run is a record and never changes: resuming it would re-evaluate into it and rewrite final.json."""
+    if run.info.status != "FINISHED":
+        return
+    name = run.info.run_name or run.info.run_id
+    raise ValueError(
+        f"resume={ref}: run {run.info.run_id} ({name}) is FINISHED, and a finished record never changes. To train "
+        f"longer, start a new run (a new config hash and its own record) with the same overrides and a larger "
+        f"trainer.max_steps, without resume=; to score it again, use `synthmed evaluate run={run.info.run_id} "
+        f"child_run=true` (a child run). resume= continues only KILLED or FAILED runs.")
+
+
 def find_resume(client: MlflowClient, ref: str, full_hash: str, fallback: str = "none") -> Resume:
     """The run to continue and its newest readable checkpoint (`fallback="previous"`: the newest readable one when
     the newest is damaged); refuses a URL and a run recorded with another config hash."""
@@ -38,6 +51,7 @@ def find_resume(client: MlflowClient, ref: str, full_hash: str, fallback: str = 
             f"resume={ref}: run {run.info.run_id} was recorded with config hash {short_hash(recorded)}, but this "
             f"config hashes to {short_hash(full_hash)}; resuming would mix two configurations. Resume with the "
             f"run's recorded config (its config/config.yaml artifact) or start a new run without resume=.")
+    refuse_finished(run, ref)  # after the hash check: another config is the first thing to say
     folder = Path(run.data.tags.get(tk.CHECKPOINT_DIR, ""))
     checkpoint = newest_checkpoint(folder) if folder.name else None
     if checkpoint is None:

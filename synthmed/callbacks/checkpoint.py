@@ -1,0 +1,47 @@
+"""Checkpoint callbacks and notices: what Lightning prints about checkpoints, said once and correctly."""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+from pytorch_lightning.callbacks import OnExceptionCheckpoint
+
+
+class FullStateOnExceptionCheckpoint(OnExceptionCheckpoint):
+    """`on_exception.ckpt` with the full training state, saying so (Lightning otherwise prints "`weights_only`
+    was not set, defaulting to `False`" on every interrupt, which reads like an unsafe load).
+
+    `weights_only` here is what is *saved* (with optimizer and loop states, for resume); every entry is still a
+    tensor or a plain value, and synthmed *loads* it only with `torch.load(weights_only=True)`.
+    """
+
+    def on_exception(self, trainer, *_, **__) -> None:
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+
+
+@contextmanager
+def quiet_fresh_start_notices():
+    """Around `trainer.fit` of a run that starts fresh: silence Lightning's two contradictory notices.
+
+    With an `OnExceptionCheckpoint` among the callbacks, Lightning turns `fit(ckpt_path=None)` into `"last"`, warns
+    that the previous fit's model will be used, then warns that no last checkpoint exists. train.py refuses to start
+    where checkpoints exist (refuse_stale_checkpoints), so a fresh run always starts from scratch: neither applies.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*\.fit\(ckpt_path=None\)` was called without a model")
+        warnings.filterwarnings("ignore", message=r'.*\.fit\(ckpt_path="last"\) is set, but there is no last')
+        yield
+
+
+def save_final(trainer, folder: Path) -> Path:
+    """`<folder>/final.ckpt`, written as soon as `fit` returns, so that a run stopped during its final evaluation
+    resumes from the trained state (`resume=` picks the newest checkpoint). Every rank calls this (collective).
+
+    Full state (optimizer and loop states, so a run can continue from it); it still loads with
+    `torch.load(weights_only=True)`: every entry is a tensor or a plain value.
+    """
+    ckpt = Path(folder) / "final.ckpt"
+    trainer.save_checkpoint(ckpt, weights_only=False)
+    return ckpt
