@@ -43,11 +43,10 @@ from torch.optim.swa_utils import AveragedModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fid as fid_bench
 import sampling as bench
-from overhead import StepTimer
+from overhead import StepTimer, bench_logger
 
 from synthmed.config import instantiate
 from synthmed.models.base import ema_multi_avg_fn
-from synthmed.tracking.mlflow_utils import artifact_location
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = {"sizes": [64, 128], "batch": 64, "steps": 30, "warmup": 10, "repeats": 2, "compile_repeats": 1,
@@ -116,9 +115,7 @@ def synthmed_loop(cfg, model, datamodule, device, precision: str, compiled: bool
     """`synthmed train`'s Trainer and MLflow logger (no periodic evaluation): images/s over all devices."""
     if compiled:
         model.compile_networks()
-    uri = f"sqlite:///{root}/mlflow.db"
-    logger = instantiate(cfg.logger, "logger", tracking_uri=uri, artifact_location=artifact_location(uri, root),
-                         run_name="gpu-bench")
+    logger = bench_logger(cfg, root, "gpu-bench")
     timer = StepTimer(warmup)
     trainer = pl.Trainer(max_steps=steps, logger=logger, callbacks=[timer], limit_val_batches=0,
                          log_every_n_steps=cfg.trainer.log_every_n_steps, enable_model_summary=False,

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from synthmed.config import CONF_DIR, instantiate, register_resolvers
 from synthmed.models.base import ema_multi_avg_fn
-from synthmed.tracking.mlflow_utils import artifact_location
+from synthmed.tracking.mlflow_utils import artifact_location, lightning_logger_config
 
 
 class StepTimer(pl.Callback):
@@ -74,11 +74,16 @@ def plain_loop(model, loader, steps: int, warmup: int) -> float:
     return (steps - warmup) / (time.perf_counter() - start)
 
 
+def bench_logger(cfg, root: Path, run_name: str):
+    """The MLflow logger as `synthmed train` builds it, on a sqlite store under `root`."""
+    uri = f"sqlite:///{root}/mlflow.db"
+    return instantiate(lightning_logger_config(cfg.logger), "logger", tracking_uri=uri,
+                       artifact_location=artifact_location(uri, root), run_name=run_name)
+
+
 def synthmed_loop(cfg, model, datamodule, steps: int, warmup: int, root: Path) -> float:
     """The Trainer and MLflow logger exactly as `synthmed train` builds them (no periodic evaluation)."""
-    uri = f"sqlite:///{root}/mlflow.db"
-    logger = instantiate(cfg.logger, "logger", tracking_uri=uri, artifact_location=artifact_location(uri, root),
-                         run_name="overhead-bench")
+    logger = bench_logger(cfg, root, "overhead-bench")
     timer = StepTimer(warmup)
     trainer = pl.Trainer(max_steps=steps, logger=logger, callbacks=[timer], limit_val_batches=0,
                          log_every_n_steps=cfg.trainer.log_every_n_steps, enable_model_summary=False,

@@ -46,8 +46,10 @@ class Outcome:
     passed: bool = False
 
 
-def find_record(client: MlflowClient, ref: str, study_roots: list[Path]) -> records.RecordedResult:
-    """The MLflow run with id/hash `ref`, else the pinned-study entry with that hash."""
+def find_record(client: MlflowClient | None, ref: str, study_roots: list[Path]) -> records.RecordedResult:
+    """The MLflow run with id/hash `ref`, else the pinned-study entry with that hash (`client` None: no store)."""
+    if client is None:
+        return records.from_studies(ref, study_roots)
     try:
         return records.from_mlflow(client, ref)
     except LookupError as mlflow_err:
@@ -138,9 +140,11 @@ def reproduce(ref: str, root: Path, tolerance: float = 1e-6, uri: str | None = N
 
     register_resolvers()
     root = Path(root).resolve()
-    client = MlflowClient(mt.tracking_uri(uri, root))
+    uri = mt.tracking_uri(uri, root)
+    # A dry run only looks: with no store yet it reads the pinned studies and creates no mlflow.db.
+    client = MlflowClient(uri) if mt.store_exists(uri) or not dry_run else None
     record = find_record(client, ref, study_roots or default_study_roots(root))
-    cfg = relocate(record.cfg, root, client.tracking_uri)
+    cfg = relocate(record.cfg, root, uri)
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))) if overrides else cfg
     check(record, cfg)
     outcome = Outcome(record, env=records.env_diff(record.requirements, mt.requirements()))

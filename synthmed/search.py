@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -90,7 +91,13 @@ class SearchCheck(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.get("optimized_metric"):
             return
-        pinned = config.hydra.sweeper.get("direction")
-        if pinned is not None:  # the basic sweeper has none; Optuna's defaults to minimize when unset
-            check_direction(str(config.optimized_metric), str(pinned))
-        plan_objective(config)
+        try:
+            pinned = config.hydra.sweeper.get("direction")
+            if pinned is not None:  # the basic sweeper has none; Optuna's defaults to minimize when unset
+                check_direction(str(config.optimized_metric), str(pinned))
+            plan_objective(config)
+        except Exception as err:
+            # Hydra turns an exception in a callback into a warning and goes on (the sweep's parent run would be
+            # created next): stop the multirun itself, before any job or MLflow run exists.
+            print(f"synthmed train: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from err

@@ -4,7 +4,8 @@ A config file is data; through `hydra.utils.instantiate` a `_target_` can call a
 check is not enough (`torch.hub.load` downloads and runs code, `torch.utils.cpp_extension.load_inline` compiles and
 runs C++). Two kinds of name are allowed, nothing else:
 
-- a class defined in synthmed (resolved and checked: a function, or a class synthmed merely imports, is refused);
+- a class defined in synthmed (resolved and checked: a function, or a class synthmed merely imports, is refused),
+  or one of the synthmed factory functions named in `FACTORIES` (a reader chosen by the config's dimensions);
 - a vetted third-party class named in `VETTED` below: optimizers, schedulers, losses, nets, callbacks, loggers that
   build in memory and neither download nor load files (MONAI's `PerceptualLoss` reads a cached torch-hub model;
   synthmed runs offline, so it fails rather than downloads when the weights are missing).
@@ -39,6 +40,8 @@ VETTED: frozenset[str] = frozenset(
     + [f"{pl}.loggers.{n}" for pl in ("pytorch_lightning", "lightning.pytorch") for n in _PL_LOGGERS]
 )
 OWN_PACKAGE = "synthmed"
+# synthmed functions a config may call, each a factory that only picks one of synthmed's own classes.
+FACTORIES: frozenset[str] = frozenset({"synthmed.data.dicom_images.dicom_dataset"})
 
 
 def locate(dotted: str) -> object:
@@ -60,7 +63,7 @@ def locate(dotted: str) -> object:
 
 def refusal(target: str) -> str | None:
     """Why `target` may not be built, or None when it may."""
-    if target in VETTED:
+    if target in VETTED or target in FACTORIES:
         return None
     if target.split(".")[0] != OWN_PACKAGE:
         return (f"it is neither a synthmed class nor one of the vetted torch/MONAI/torchmetrics/Lightning classes "

@@ -59,15 +59,15 @@ def dataset_record(cfg: DictConfig, datamodule) -> dict:
             "skipped_files": [str(b) for b in getattr(train_set, "quarantine", None) or []]}
 
 
-def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule, full_hash: str) -> None:
+def record_start(run: mt.RunRef, logger, cfg: DictConfig, datamodule, full_hash: str, family: str) -> None:
     """Params (the flattened resolved config and this job's overrides), config, environment, data record, and
     what the MLflow UI shows: Dataset column, Source, run and experiment descriptions."""
     overrides = {f"override.{k}": v for k, v in job_overrides().items()}
     logger.log_hyperparams({**mt.flatten(mt.resolved_container(cfg)), **overrides})
     mt.log_run_record(run.client, run.run_id, cfg)
     mt.log_json(run.client, run.run_id, dataset_record(cfg, datamodule), "data/dataset.json")
-    family = run.client.get_run(run.run_id).data.tags.get(tk.MODEL_FAMILY, "?")
-    ui.describe_run(run.client, run.run_id, logger.experiment_id, cfg, datamodule.fingerprint, full_hash, family)
+    if rank_zero_only.rank == 0:  # other DDP ranks hold a dummy MLflow client
+        ui.describe_run(run.client, run.run_id, logger.experiment_id, cfg, datamodule.fingerprint, full_hash, family)
 
 
 def system_metrics(cfg: DictConfig, run: mt.RunRef):
@@ -108,17 +108,18 @@ def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k in known and v.numel() == 1}
 
 
-def train(cfg: DictConfig, tags: dict[str, str] | None = None) -> dict[str, float]:
-    """Train, evaluate and record one run; returns the final metrics (keys from metrics/names.py) and, where the
-    evaluation does not compute them, the last values the model logged (`val/psnr`: a search objective).
+def train(cfg: DictConfig, tags: dict[str, str] | None = None, with_logged: bool = False) -> dict[str, float]:
+    """Train, evaluate and record one run; returns the final metrics (keys from metrics/names.py), as in
+    metrics/final.json; `with_logged` adds, where the evaluation does not compute them, the last values the model
+    logged itself (`val/psnr`: a search objective).
 
     SIGINT/SIGTERM end the run KILLED and raise `Interrupted` (exit status 130/143); see tracking/lifecycle.py.
     """
     with SignalGuard() as signals:
-        return _train(cfg, signals, tags or {})
+        return _train(cfg, signals, tags or {}, with_logged)
 
 
-def _train(cfg: DictConfig, signals: SignalGuard, tags: dict[str, str]) -> dict[str, float]:
+def _train(cfg: DictConfig, signals: SignalGuard, tags: dict[str, str], with_logged: bool) -> dict[str, float]:
     check_targets(cfg)
     check_image_size(cfg)  # before any run exists: a size the network cannot take is a config error
     pl.seed_everything(cfg.seed, workers=True)
@@ -138,7 +139,7 @@ def _train(cfg: DictConfig, signals: SignalGuard, tags: dict[str, str]) -> dict[
     beats = hb.beating(run.client, run.run_id, cfg.get("heartbeat_s", 60), enabled=rank_zero_only.rank == 0)
     with mt.run_status(run.client, run.run_id), beats:  # a SIGKILLed run stops beating: `synthmed runs reap`
         if resume is None:
-            record_start(run, logger, cfg, datamodule, full_hash)
+            record_start(run, logger, cfg, datamodule, full_hash, model.family)
         else:
             run.client.update_run(run.run_id, status="RUNNING")
         ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
@@ -164,7 +165,9 @@ def _train(cfg: DictConfig, signals: SignalGuard, tags: dict[str, str]) -> dict[
     if evaluation is not None:
         print_summary(run, full_hash, evaluation.result.values)
     signals.check()  # a signal while the record was written: the record is complete, the exit status still says so
-    return {**logged_metrics(trainer), **evaluation.result.values} if evaluation is not None else {}
+    if evaluation is None:
+        return {}
+    return {**(logged_metrics(trainer) if with_logged else {}), **evaluation.result.values}
 
 
 def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float]) -> None:
@@ -183,7 +186,7 @@ def main(cfg: DictConfig) -> float | None:
         return None
     key, note = search.plan_objective(cfg)  # before training: an objective that cannot be computed stops here
     tags = {tk.SEARCH_OBJECTIVE: key, **({tk.SEARCH_OBJECTIVE_NOTE: note} if note else {})}
-    values = train(cfg, tags)
+    values = train(cfg, tags, with_logged=True)
     return search.objective_value(values, key) if values else None  # no values: a DDP rank other than zero
 
 

@@ -128,6 +128,7 @@ def test_environment_differences_are_reported(recorded, study, tmp_path, capsys)
     lines = [f"{n}=={'0.0.1' if n == 'torch' else v}" for n, v in current.items() if n != "numpy"]
     env.write_text("\n".join([*lines, "notinstalled==1.0"]) + "\n")
     outcome = R.reproduce(full[:12], tmp_path, study_roots=[roots], dry_run=True)
+    assert not (tmp_path / "mlflow.db").exists()  # a dry run in a folder without a store creates none
     assert set(outcome.env) == {("torch", "0.0.1", current["torch"]), ("numpy", "-", current["numpy"]),
                                 ("notinstalled", "1.0", "-")}
     printed = capsys.readouterr().out

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from synthmed.config import DisallowedTargetError, check_targets, iter_targets
-from synthmed.targets import VETTED, locate, refusal
+from synthmed.targets import FACTORIES, VETTED, locate, refusal
 from tests.conftest import compose_train
 
 # Callables that download, load, compile or run code, or reach the OS: none may be a `_target_`.
@@ -52,6 +52,16 @@ def test_vetted_names_are_classes_of_the_named_library():
         obj = locate(name)
         assert isinstance(obj, type), name
         assert obj.__module__.split(".")[0] == name.split(".")[0], name
+
+
+def test_factories_are_synthmed_functions_that_return_synthmed_classes():
+    import inspect
+
+    for name in sorted(FACTORIES):
+        obj = locate(name)
+        assert inspect.isfunction(obj) and obj.__module__.startswith("synthmed."), name
+        assert refusal(name) is None
+    assert refusal("synthmed.data.dicom_images.native_frames") is not None  # other functions stay refused
 
 
 def test_synthmed_class_is_allowed_and_built():

@@ -23,14 +23,18 @@ class GenerationMetrics(pl.Callback):
         n_samples: samples per evaluation (small: this runs during training).
         seed: generator seed; fixed so that evaluations differ only by the model's weights.
         every_n_evals: evaluate after every n-th validation.
+        metrics: which of the suite's metrics to score during training (None: all of them).
     """
 
-    def __init__(self, suite, n_samples: int = 32, seed: int = 0, every_n_evals: int = 1) -> None:
+    def __init__(self, suite, n_samples: int = 32, seed: int = 0, every_n_evals: int = 1,
+                 metrics: list[str] | None = None) -> None:
         if n_samples < 1:
             raise ValueError(f"callbacks.generation_metrics.n_samples must be >= 1, got {n_samples}")
         if every_n_evals < 1:
             raise ValueError(f"callbacks.generation_metrics.every_n_evals must be >= 1, got {every_n_evals}")
-        self.suite = suite
+        # A subset of the run's suite (models and reference features shared). Training an in-domain encoder in
+        # the middle of training made a resumed run differ from an uninterrupted one in the last bits.
+        self.suite = suite.with_metrics([m for m in metrics if m in suite.metrics]) if metrics else suite
         self.n_samples = n_samples
         self.seed = seed
         self.every_n_evals = every_n_evals

@@ -317,10 +317,15 @@ class EncoderBank:
         path = self.root / f"{name}-{role}-{key}.pt" if self.root else None
         model = _load(path, role, self.settings, train, self.device) if path and path.is_file() else None
         if model is None:
-            model = fit_encoder(train, targets, self.settings, role, self.device)
+            fitted = fit_encoder(train, targets, self.settings, role, self.device)
+            data = _serialize(fitted.net, fitted.heads, fitted.scale)
             if path:
-                atomic_write(path, _serialize(model.net, model.heads, model.scale))
-                model.path = path
+                atomic_write(path, data)
+            # Use the encoder as a later run loads it from the cache, not the object training left behind: its
+            # features then match a cached encoder's to the last bit (measured: fd_domain differed by 3e-5
+            # relative between a freshly trained and a cached encoder of the same weights).
+            model = _from_bytes(data, role, self.settings, train, self.device, path)
+            model.trained = True
         return model
 
 
@@ -334,7 +339,12 @@ def _serialize(net: DomainEncoder, heads: Mapping[str, int], scale: Mapping[str,
 
 def _load(path: Path, role: str, settings: EncoderSettings, train: Tensor, device: str) -> DomainModel | None:
     """The cached encoder, or None (with a warning) when the file is unreadable: it is then retrained."""
-    data = path.read_bytes()
+    return _from_bytes(path.read_bytes(), role, settings, train, device, path)
+
+
+def _from_bytes(data: bytes, role: str, settings: EncoderSettings, train: Tensor, device: str,
+                path: Path | None) -> DomainModel | None:
+    """An encoder from its serialized form (`_serialize`), or None (with a warning) when it cannot be read."""
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         heads = {str(k): int(v) for k, v in payload["heads"].items()}
@@ -342,7 +352,7 @@ def _load(path: Path, role: str, settings: EncoderSettings, train: Tensor, devic
         net.load_state_dict(payload["state_dict"])
         scale = {str(k): (float(v[0]), float(v[1])) for k, v in payload["scale"].items()}
     except Exception as err:  # noqa: BLE001 - an unreadable or mismatched file is a miss, never a wrong encoder
-        log.warning("ignoring unreadable domain-encoder cache file %s: %s", path, err)
+        log.warning("ignoring unreadable domain-encoder file %s: %s", path or "(in memory)", err)
         return None
     return DomainModel(net.to(device).eval(), role, heads, scale, settings, hashlib.sha256(data).hexdigest(),
                        train.shape[0], path, trained=False)

@@ -42,6 +42,11 @@ def tracking_uri(configured: str | None, root: str | Path) -> str:
     return os.environ.get(ENV_URI) or f"sqlite:///{Path(root).resolve()}/mlflow.db"
 
 
+def store_exists(uri: str) -> bool:
+    """False only for a sqlite store whose file is missing: opening it would create an empty `mlflow.db`."""
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+
+
 def is_local_store(uri: str) -> bool:
     """True for stores on this machine, whose artifacts we place under `paths.root` too."""
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
@@ -211,6 +216,13 @@ def tracking_client(cfg: DictConfig) -> MlflowClient:
     return MlflowClient(tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root))
 
 
+def lightning_logger_config(node: DictConfig) -> DictConfig:
+    """The `logger` config without synthmed's own keys (`system_metrics*`, read by train.py), i.e. only
+    MLFlowLogger's arguments; resolved here, since a detached copy cannot resolve interpolations later."""
+    resolved = OmegaConf.to_container(node, resolve=True)
+    return OmegaConf.create({k: v for k, v in resolved.items() if not str(k).startswith("system_")})
+
+
 def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str,
                 run_id: str | None = None) -> MLFlowLogger:
     """The run's MLFlowLogger with its name, tags and (local stores) artifact folder under `paths.root`.
@@ -219,10 +231,8 @@ def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str,
     """
     uri = tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root)
     store.prepare(uri, cfg.logger.get("experiment_name"), artifact_location(uri, cfg.paths.root))  # job arrays
-    resolved = OmegaConf.to_container(cfg.logger, resolve=True)  # resolved here: a detached copy cannot be later
-    logger_cfg = OmegaConf.create({k: v for k, v in resolved.items() if not str(k).startswith("system_")})
-    logger = instantiate(  # system_metrics*: synthmed's own keys (train.py), not MLFlowLogger arguments
-        logger_cfg, "logger", tracking_uri=uri, artifact_location=artifact_location(uri, cfg.paths.root),
+    logger = instantiate(
+        lightning_logger_config(cfg.logger), "logger", tracking_uri=uri, artifact_location=artifact_location(uri, cfg.paths.root),
         run_name=run_name(cfg.model.name, cfg.dataset.name, full_hash),
         tags={**run_tags(full_hash, family, cfg.model.name, fingerprint), **parent_tags()}, run_id=run_id,
     )
