@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from synthmed.config import CONF_DIR, instantiate, register_resolvers
 from synthmed.models.base import ema_multi_avg_fn
-from synthmed.tracking.mlflow_utils import artifact_location, lightning_logger_config
+from synthmed.tracking.mlflow_utils import artifact_location, lightning_logger_config, open_run
 
 
 class StepTimer(pl.Callback):
@@ -77,8 +77,8 @@ def plain_loop(model, loader, steps: int, warmup: int) -> float:
 def bench_logger(cfg, root: Path, run_name: str):
     """The MLflow logger as `synthmed train` builds it, on a sqlite store under `root`."""
     uri = f"sqlite:///{root}/mlflow.db"
-    return instantiate(lightning_logger_config(cfg.logger), "logger", tracking_uri=uri,
-                       artifact_location=artifact_location(uri, root), run_name=run_name)
+    return open_run(instantiate(lightning_logger_config(cfg.logger), "logger", tracking_uri=uri,
+                                artifact_location=artifact_location(uri, root), run_name=run_name))
 
 
 def synthmed_loop(cfg, model, datamodule, steps: int, warmup: int, root: Path) -> float:

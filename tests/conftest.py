@@ -6,6 +6,7 @@ A fresh sqlite store costs seconds of schema migrations; one migrated template i
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,10 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("SYNTHMED_ROOT", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch_home_empty"))
+    yield
+    # A test whose code exported a store (Lightning does, on a logger it was not guarded from) must not hand it to
+    # the module-scoped fixtures of later tests, which run before this fixture cleans up again.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

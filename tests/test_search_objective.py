@@ -61,7 +61,7 @@ def test_vae_returns_its_logged_psnr(run_root):
     from synthmed.train import train
     from tests.conftest import compose_train
 
-    values = train(compose_train(run_root, ["model=vae", *SMOKE[:1], *SMOKE[2:]]))
+    values = train(compose_train(run_root, ["model=vae", *SMOKE[:1], *SMOKE[2:]]), with_logged=True)  # as a search
     assert names.PSNR in values and values[names.PSNR] > 0  # the last validation's val/psnr
 
 

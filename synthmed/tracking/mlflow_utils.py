@@ -236,8 +236,15 @@ def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str,
         run_name=run_name(cfg.model.name, cfg.dataset.name, full_hash),
         tags={**run_tags(full_hash, family, cfg.model.name, fingerprint), **parent_tags()}, run_id=run_id,
     )
-    # Lightning calls mlflow.set_tracking_uri(), which exports MLFLOW_TRACKING_URI: the next run in this process
-    # (a sweep job, a notebook cell) would take that for the user's choice and log into this run's store.
+    return open_run(logger)
+
+
+def open_run(logger: MLFlowLogger) -> MLFlowLogger:
+    """Create (or re-open) the logger's run now, leaving `MLFLOW_TRACKING_URI` as it was.
+
+    Lightning calls mlflow.set_tracking_uri(), which exports MLFLOW_TRACKING_URI: the next run in this process
+    (a sweep job, a notebook cell, the next test) would take that for the user's choice and log into this store.
+    """
     saved = os.environ.get(ENV_URI)
     logger.experiment  # noqa: B018 - creates (or re-opens) the run now
     if saved is None:
