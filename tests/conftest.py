@@ -60,6 +60,28 @@ def save_run_folder(folder: Path, cfg, trainer) -> Path:
     return ckpt
 
 
+SMOKE_RUN = ["debug=smoke", "model.process.num_inference_steps=2", "trainer.enable_progress_bar=false",
+             "callbacks.generation_metrics.n_samples=2", "eval.n_samples=4"]
+
+
+def train_smoke_run(root: Path, template: Path):
+    """One FINISHED smoke DDPM run on the 16 px phantoms in a store of its own under `root`.
+
+    Returns:
+        (MlflowClient of the store, the run, the run's composed config).
+    """
+    from mlflow.tracking import MlflowClient
+
+    from synthmed.train import train
+
+    shutil.copy(template, root / "mlflow.db")
+    cfg = compose_train(root, SMOKE_RUN)
+    train(cfg)
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return client, run, cfg
+
+
 def compose_train(root: Path, overrides: list[str] = (), config_name: str = "train"):
     """The composed `train` config as `synthmed train` would see it, with every path under `root`."""
     GlobalHydra.instance().clear()

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from synthmed.data import export
@@ -230,21 +229,13 @@ def test_serve_binds_localhost_and_never_serves_the_key(oracle_study):
 
 # ---- a trained run, end to end -----------------------------------------------------------------------------------
 
-SMOKE = ["debug=smoke", "model.process.num_inference_steps=2", "trainer.enable_progress_bar=false",
-         "callbacks.generation_metrics.n_samples=2", "eval.n_samples=4"]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mlflow_template):
     """One FINISHED smoke DDPM run on 16 px phantoms: (root, client, run)."""
-    from synthmed.train import train
-    from tests.conftest import compose_train
+    from tests.conftest import train_smoke_run
 
     root = tmp_path_factory.mktemp("reader_root")
-    shutil.copy(mlflow_template, root / "mlflow.db")
-    train(compose_train(root, SMOKE))
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    client, run, _ = train_smoke_run(root, mlflow_template)
     return root, client, run
 
 

@@ -20,22 +20,14 @@ from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import records
 from synthmed.tracking import tags as tk
 from synthmed.tracking.confighash import config_hash
-from synthmed.train import train
-from tests.conftest import compose_train
-
-SMOKE = ["debug=smoke", "model.process.num_inference_steps=2", "trainer.enable_progress_bar=false",
-         "callbacks.generation_metrics.n_samples=2", "eval.n_samples=4"]
+from tests.conftest import train_smoke_run
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, mlflow_template):
     """One FINISHED smoke run: (root, client, run, full hash)."""
     root = tmp_path_factory.mktemp("reproduce_root")
-    shutil.copy(mlflow_template, root / "mlflow.db")
-    cfg = compose_train(root, SMOKE)
-    train(cfg)
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    run = mt.find_run(client, config_hash(cfg))
+    client, run, cfg = train_smoke_run(root, mlflow_template)
     return root, client, run, config_hash(cfg)
 
 

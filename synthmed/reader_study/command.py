@@ -168,7 +168,6 @@ def log_to_mlflow(result: dict, out: Path, opts: dict) -> str:
 
     from synthmed.metrics import names as N
     from synthmed.tracking import mlflow_utils as mt
-    from synthmed.tracking.report_run import log_report_child
 
     recorded = result["provenance"].get("tracking_uri")
     uri = opts["tracking_uri"] or (mt.tracking_uri(None, opts["paths.root"]) if opts["paths.root"] else None)
@@ -181,11 +180,13 @@ def log_to_mlflow(result: dict, out: Path, opts: dict) -> str:
     params = {"study_id": result["study_id"], "n_cases": str(result["n_cases"]), "n_readers": str(result["n_readers"]),
               "n_readings": str(pooled["n"]), "margin": str(result["margin"]), "verdict": pooled["verdict"]["code"]}
     try:
-        client.get_run(result["run_id"])
+        parent = client.get_run(result["run_id"])
     except MlflowException:
         raise LookupError(f"generator run {result['run_id']} is not in {client.tracking_uri}: give paths.root= or "
                           f"tracking_uri= of its store, or log=false (the report is in {out})") from None
-    return log_report_child(client, result["run_id"], "reader_study", out, "reader_study", metrics, params)
+    return mt.report_run(client, parent.info.experiment_id, "reader_study", out,
+                         f"{parent.info.run_name}-reader_study", parent=parent, metrics=metrics, params=params,
+                         artifact_path="reader_study")
 
 
 def analyze(argv: list[str]) -> int:

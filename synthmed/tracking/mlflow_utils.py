@@ -169,16 +169,29 @@ def child_run(client: MlflowClient, parent: Run, run_name: str, tags: dict[str, 
 
 
 def report_run(client: MlflowClient, experiment_id: str, kind: str, folder: str | Path, run_name: str,
-               tags: dict[str, str] | None = None, parent: Run | None = None) -> str:
-    """A FINISHED run tagged `synthmed.report=<kind>` holding `folder` under `report/` (the JSON, Markdown and HTML
-    of a compare, utility, bias or reader-study report); a child of `parent` when given. Returns its id."""
+               tags: dict[str, str] | None = None, parent: Run | None = None,
+               metrics: dict[str, float | None] | None = None, params: dict[str, str] | None = None,
+               artifact_path: str = "report") -> str:
+    """A run tagged `synthmed.report=<kind>` holding `folder` under `artifact_path` (the JSON, Markdown and HTML of
+    a compare, utility, bias or reader-study report), with `metrics` (None values skipped) and `params`.
+
+    With `parent` (the run it judges) it is a child run carrying what the parent is (family, model, data) but never
+    its config hash, so a hash never resolves to a report. Ends FINISHED, or FAILED if logging fails. Returns its id.
+    """
     tags = {**(tags or {}), tk.REPORT: kind}
     if parent is not None:
+        identity = (tk.MODEL_FAMILY, tk.MODEL, tk.DATASET_FINGERPRINT)
+        tags = {k: parent.data.tags[k] for k in identity if k in parent.data.tags} | tags
         run_id = child_run(client, parent, run_name, tags).run_id
     else:
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    client.log_artifacts(run_id, str(folder), "report")
-    client.set_terminated(run_id, "FINISHED")
+    with run_status(client, run_id):
+        for key, value in (params or {}).items():
+            client.log_param(run_id, key, value)
+        for key, value in (metrics or {}).items():
+            if value is not None:
+                client.log_metric(run_id, key, float(value))
+        client.log_artifacts(run_id, str(folder), artifact_path)
     return run_id
 
 
