@@ -36,7 +36,6 @@ def test_gpu_benchmark_dry_runs_every_part(tmp_path, monkeypatch):
     for family in ("ddpm", "vae"):
         mem = r["memory3d"][family]
         assert mem["checkpointed"]["saved_bytes"] < mem["plain"]["saved_bytes"], family
-    assert r["ddp"]["efficiency"] == {1: 1.0}
     written = sorted(p.suffix for p in tmp_path.iterdir())
     assert written == [".json", ".md"]
     table = next(tmp_path.glob("*.md")).read_text()

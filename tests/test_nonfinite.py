@@ -100,7 +100,7 @@ def test_diverging_vae_run_ends_failed_with_finite_checkpoints(run_root):
 
 
 
-def test_searches_go_on_after_a_failed_trial(tmp_path):
+def test_search_presets_let_a_failed_trial_not_stop_the_search(tmp_path):
     """hydra-optuna-sweeper tells Optuna FAIL for a job that raised, then stops the search when failures exceed
     max_failure_rate of a batch (default 0.0: the first diverged trial would end the search)."""
     from tests.test_hparams_search import SEARCHES, compose_with_hydra

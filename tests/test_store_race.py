@@ -27,7 +27,7 @@ def _job(cfg, i, errors):
 
 
 @pytest.mark.slow  # ~20 s idle (80 s on a loaded 2-core machine): eight processes migrate one sqlite file
-def test_sixteen_jobs_on_a_fresh_sqlite_store_lose_nothing(tmp_path):
+def test_concurrent_jobs_on_a_fresh_sqlite_store_lose_nothing(tmp_path):
     """Without `store.prepare` every job failed here ("table _alembic_tmp_latest_metrics already exists",
     "Online migration expected to match one row")."""
     cfg = compose_train(tmp_path, [])  # tmp_path holds no mlflow.db: the first jobs create and migrate it

@@ -78,7 +78,7 @@ class DicomDataset(VolumeDataset):
             if self.root.suffix.lower() != ".csv":
                 raise ValueError(f"root {self.root} is a file; expected a folder of DICOM series or a .csv manifest")
             records, classes = read_manifest(self.root, "image", self.label_column, self.attr_columns)
-            return [Record(_series_files(r.source), r.label, r.attrs, r.split) for r in records], classes
+            return [Record(px.series_files(r.source), r.label, r.attrs, r.split) for r in records], classes
         series = find_series(self.root)
         if not series:
             raise FileNotFoundError(f"no DICOM files (*.dcm, *.dicom, *.ima or files with a DICM preamble) found "
@@ -108,10 +108,6 @@ def find_series(root) -> list[tuple[str, ...]]:
     for path, kind in not_images:
         log.info("dicom: %s is not an image (%s); left out", path, kind)
     return groups
-
-
-_candidates = px.candidates  # the names other modules and tests used before the file search moved
-_series_files = px.series_files
 
 
 def check_series_headers(files: tuple[str, ...]) -> None:

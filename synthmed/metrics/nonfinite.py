@@ -12,9 +12,9 @@ from synthmed.metrics import names
 
 # The values each suite metric reports (metrics/suite.py METRICS), all set to NaN for non-finite samples.
 KEYS = {"fid": (names.FID,), "kid": (names.KID, names.KID_STD), "precision_recall": (names.PRECISION, names.RECALL),
-        "density_coverage": (names.DENSITY, names.COVERAGE), "ms_ssim_diversity": (names.MS_SSIM_DIVERSITY,),
-        "memorization": (names.MEMORIZATION_RATE,), "fd_domain": (names.FD_DOMAIN,),
-        "cond_accuracy": (names.COND_ACCURACY,)}
+        "density_coverage": (names.DENSITY, names.COVERAGE), "ms_ssim_diversity": (names.MS_SSIM_DIVERSITY, names.MS_SSIM_DIVERSITY_GAP),
+        "memorization": (names.MEMORIZATION_RATE, names.MEMORIZATION_RATE_FEATURE), "fd_domain": (names.FD_DOMAIN,),
+        "cond_accuracy": (names.COND_ACCURACY, names.COND_BALANCED_ACCURACY)}
 
 
 def count_nonfinite(fake: Tensor) -> int:

@@ -129,7 +129,7 @@ def _config_beside(ckpt: Path) -> Path:
 def _run_id(cfg: DictConfig, full_hash: str) -> str | None:
     """The MLflow run of a config hash, when the store exists and has it (only used for the link tag)."""
     uri = mt.tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if not mt.store_exists(uri):
         return None  # do not create an empty store just to look
     try:
         return mt.find_run(mt.tracking_client(cfg), full_hash).info.run_id

@@ -37,11 +37,6 @@ class Interrupted(SystemExit):
         return f"stopped by {signal.Signals(self.signum).name} (exit status {self.code})"
 
 
-def exit_status(signum: int) -> int:
-    """128 + signal number: what a shell reports for a process a signal ended (SIGINT 130, SIGTERM 143)."""
-    return 128 + int(signum)
-
-
 class SignalGuard:
     """SIGINT/SIGTERM handlers for one run (a context manager; restores the previous handlers on exit).
 

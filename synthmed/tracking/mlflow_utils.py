@@ -7,6 +7,7 @@ The layout is DESIGN.md's "MLflow layout": experiment = dataset name by default,
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -61,6 +62,7 @@ def run_name(model: str, dataset: str, full_hash: str) -> str:
     return f"{model}-{dataset}-{full_hash[:8]}"
 
 
+@functools.cache
 def git_sha() -> str:
     """HEAD of the checkout synthmed runs from (+ `-dirty` when it has uncommitted changes), or `unknown`."""
     repo = Path(synthmed.__file__).resolve().parents[1]
