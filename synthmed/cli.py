@@ -14,6 +14,7 @@ commands:
   translate  apply a trained translator: synthmed translate run=<run id | config hash> in=DIR out=DIR [format=png|nifti]
   fid        FID between two folders or .npz stats: synthmed fid DIR_A DIR_B [--dims 2048]
   compare    report runs side by side: synthmed compare experiment=<name> [runs=<id|hash>,...] [out=DIR]
+  bias       every number per patient group, with intervals: synthmed bias run=<run id | config hash> by=[sex,age_band]
   reproduce  re-run a recorded config, check its metrics: synthmed reproduce <config hash> [--tolerance 1e-6]
   reader-study  blinded visual Turing test: synthmed reader-study make|serve|analyze ... (--help for details)
   runs       status and heartbeat of runs, close SIGKILLed ones: synthmed runs list | reap [--older-than 10m]
@@ -48,7 +49,7 @@ def _plain(module: str):
 
 
 COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
-            "translate": _hydra_app("translate"), "fid": _fid, "compare": _plain("compare"),
+            "translate": _hydra_app("translate"), "bias": _hydra_app("bias"), "fid": _fid, "compare": _plain("compare"),
             "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command"), "runs": _plain("runs"),
             "weights": _plain("weights")}
 

@@ -32,19 +32,50 @@ _CHUNK_VOXELS = 1 << 16  # voxels rendered at a time: 256 KiB temporaries stay i
 
 
 def sample_subjects(n: int, spatial_dims: int, lesion_prevalence: float, seed: int, split: str,
-                    lesion_radius: tuple[float, float] = LESION_RADIUS) -> dict:
+                    lesion_radius: tuple[float, float] = LESION_RADIUS, planted: dict | None = None) -> dict:
     """Draws every per-subject parameter of one split; cheap, renders nothing.
 
+    Args:
+        planted: planted-bias options (see `PhantomDataset`): `lesion_prevalence_by_sex`, `lesion_contrast_by_sex`,
+            `train_exclude_age`; absent or None ones draw nothing, so default subjects stay bit-identical.
+
     Returns:
-        Dict of numpy arrays with leading dimension `n` (`label`, `sex`, `age`, geometry, texture, lesions).
+        Dict of numpy arrays with leading dimension `n` (`label`, `sex`, `age`, geometry, texture, lesions, and
+        `lesion_contrast` when planted).
     """
+    planted = {k: v for k, v in (planted or {}).items() if v is not None}
     cov, anat, les, _ = _streams(seed, split)
     label = np.zeros(n, np.int64)
     label[cov.permutation(n)[: round(lesion_prevalence * n)]] = 1  # exact count, so the rare class is exactly rare
     s = {"label": label, "sex": cov.integers(0, 2, n), "age": cov.uniform(20.0, 90.0, n)}
+    # Planted biases draw after the default draws, from the same stream: without them nothing changes.
+    if "lesion_prevalence_by_sex" in planted:
+        s["label"] = _labels_by_sex(cov, s["sex"], planted["lesion_prevalence_by_sex"])
+    if "train_exclude_age" in planted and split == "train":
+        s["age"] = _skip_age_band(cov, s["age"], planted["train_exclude_age"])
     s.update(_sample_anatomy(anat, s["sex"], (s["age"] - 20.0) / 70.0))
     s.update(_sample_lesions(les, s, spatial_dims, lesion_radius))
+    if "lesion_contrast_by_sex" in planted:
+        s["lesion_contrast"] = np.asarray(planted["lesion_contrast_by_sex"], np.float64)[s["sex"]]
     return s
+
+
+def _labels_by_sex(rng: np.random.Generator, sex: np.ndarray, prevalence: Sequence[float]) -> np.ndarray:
+    """Exactly round(prevalence[k] * n_k) lesion subjects among the n_k subjects of sex k."""
+    label = np.zeros(len(sex), np.int64)
+    for k, p in enumerate(prevalence):
+        members = np.flatnonzero(sex == k)
+        label[rng.permutation(members)[: round(p * len(members))]] = 1
+    return label
+
+
+def _skip_age_band(rng: np.random.Generator, age: np.ndarray, band: Sequence[float]) -> np.ndarray:
+    """Ages in [low, high) redrawn uniformly from the rest of 20-90 years: a band missing from a split."""
+    low, high = float(band[0]), float(band[1])
+    age, inside = age.copy(), (age >= low) & (age < high)
+    redrawn = rng.uniform(20.0, 90.0 - (high - low), int(inside.sum()))
+    age[inside] = np.where(redrawn >= low, redrawn + (high - low), redrawn)
+    return age
 
 
 def _streams(seed: int, split: str) -> list[np.random.Generator]:
@@ -170,7 +201,7 @@ def render_subjects(s: dict, grid: list, size: int, noise_std: float, bias_stren
               ("wm", inside((0.84 * _brain_edge(g) - rho - 0.07 * gyri) * r_min)),  # WM follows the folds
               ("csf", brain * inside(g["fissure"] - np.abs(p[0])) * inside(np.abs(p[1] - 0.05) - 0.42)),
               ("csf", inside((1.0 - np.minimum.reduce(_ventricle_rhos(p, g))) * g["vent_w"])),
-              ("lesion", _lesions(p, s, h))]
+              ("lesion", _lesions(p, s, h) * (g["lesion_contrast"] if "lesion_contrast" in g else 1.0))]
     mr, ct = np.zeros_like(rho), np.full_like(rho, TISSUE["air"][1])
     for tissue, frac in layers:  # paint outside-in; a fraction blends partial-volume edges
         mr += frac * (TISSUE[tissue][0] - mr)
@@ -233,17 +264,31 @@ class PhantomDataset(torch.utils.data.Dataset):
         noise_std: MR Rician noise std in native units ([0, 1] = image range); 0 for noise-free.
         bias_strength: peak relative amplitude of the MR bias field, in [0, 1).
         seed: non-negative; with the other arguments it fixes every pixel.
+        lesion_prevalence_by_sex: planted bias, [p_sex0, p_sex1]: lesion prevalence per sex (exactly
+            round(p_k * n_k) of the n_k subjects of sex k), replacing `lesion_prevalence`; None: not planted.
+        lesion_contrast_by_sex: planted bias, [c_sex0, c_sex1] in [0, 1]: lesion conspicuity per sex (the
+            lesion's partial-volume fraction is scaled by it: 1 = default contrast, 0.5 = half-way to the tissue).
+        train_exclude_age: planted bias, [low, high) years within 20-90: no train subject has an age in this
+            band (their ages are redrawn from the rest); val and test keep every age.
+        Planted options left at None draw nothing: the data and the fingerprint stay those of the defaults.
     """
 
     channels: int = 1
 
     def __init__(self, split: str = "train", spatial_dims: int = 2, size: int | None = None, n_train: int = 512,
                  n_val: int = 64, n_test: int = 64, lesion_prevalence: float = 0.1, noise_std: float = 0.03,
-                 bias_strength: float = 0.2, seed: int = 0, lesion_radius: Sequence[float] = LESION_RADIUS):
+                 bias_strength: float = 0.2, seed: int = 0, lesion_radius: Sequence[float] = LESION_RADIUS,
+                 lesion_prevalence_by_sex: Sequence[float] | None = None,
+                 lesion_contrast_by_sex: Sequence[float] | None = None,
+                 train_exclude_age: Sequence[float] | None = None):
         size = (64 if spatial_dims == 2 else 32) if size is None else size
         _check_args(split=split, spatial_dims=spatial_dims, size=size, n_train=n_train, n_val=n_val, n_test=n_test,
                     lesion_prevalence=lesion_prevalence, noise_std=noise_std, bias_strength=bias_strength, seed=seed,
                     lesion_radius=lesion_radius)
+        planted = {"lesion_prevalence_by_sex": lesion_prevalence_by_sex,
+                   "lesion_contrast_by_sex": lesion_contrast_by_sex, "train_exclude_age": train_exclude_age}
+        planted = {k: [float(x) for x in v] for k, v in planted.items() if v is not None}
+        _check_planted(planted)
         lesion_radius = (float(lesion_radius[0]), float(lesion_radius[1]))
         self.split, self.spatial_dims, self.size = split, int(spatial_dims), int(size)
         # Everything that changes a pixel, as plain JSON types (numpy ints would not serialize, 0 vs 0.0 would
@@ -255,13 +300,14 @@ class PhantomDataset(torch.utils.data.Dataset):
                          **{k: int(v) for k, v in ints.items()}, **{k: float(v) for k, v in reals.items()}}
         if lesion_radius != LESION_RADIUS:  # only when set: default data sets keep the fingerprints they had
             self.settings["lesion_radius"] = list(lesion_radius)
+        self.settings.update(planted)  # only the planted ones: default data sets keep their fingerprints
         canonical = json.dumps(self.settings, sort_keys=True, separators=(",", ":"))
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
         self.intensity = {"kind": "linear", "native_min": 0.0, "native_max": 1.0, "unit": "a.u."}
         self.target_intensity = {"kind": "linear", "native_min": CT_WINDOW[0], "native_max": CT_WINDOW[1],
                                  "unit": "HU"}
         n = {"train": n_train, "val": n_val, "test": n_test}[split]
-        self._subjects = sample_subjects(n, spatial_dims, lesion_prevalence, seed, split, lesion_radius)
+        self._subjects = sample_subjects(n, spatial_dims, lesion_prevalence, seed, split, lesion_radius, planted)
         self.image, self.target = self._render(noise_std, bias_strength, seed)
 
     def _render(self, noise_std: float, bias_strength: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,6 +342,20 @@ class PhantomDataset(torch.utils.data.Dataset):
         return {"image": self.image[i].clone(), "target": self.target[i].clone(),  # clones: the cache stays intact
                 "label": int(s["label"][i]), "attrs": {"sex": int(s["sex"][i]), "age": float(s["age"][i])},
                 "id": f"phantom-{self.split}-{i:05d}"}
+
+
+def _check_planted(planted: dict[str, list[float]]) -> None:
+    """Raises a ValueError naming the first bad planted-bias argument."""
+    rules = {"lesion_prevalence_by_sex": (lambda v: len(v) == 2 and all(0 <= x <= 1 for x in v),
+                                          "[p_sex0, p_sex1], each in [0, 1]"),
+             "lesion_contrast_by_sex": (lambda v: len(v) == 2 and all(0 <= x <= 1 for x in v),
+                                        "[c_sex0, c_sex1], each in [0, 1]"),
+             "train_exclude_age": (lambda v: len(v) == 2 and 20 <= v[0] < v[1] <= 90 and v[1] - v[0] < 70,
+                                   "[low, high) years with 20 <= low < high <= 90, not all of 20-90")}
+    for name, value in planted.items():
+        ok, want = rules[name]
+        if not ok(value):
+            raise ValueError(f"PhantomDataset: {name} must be {want}, got {value!r}")
 
 
 def _check_args(**args) -> None:

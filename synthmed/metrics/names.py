@@ -4,6 +4,8 @@ Every family logs under these keys so GAN, VAE and diffusion runs line up in one
 refer to them through the `metric:` resolver (``${metric:FID}``), never by retyping the string.
 """
 
+import re
+
 TRAIN_LOSS = "train/loss"
 TRAIN_LOSS_G = "train/loss_g"
 TRAIN_LOSS_D = "train/loss_d"
@@ -51,6 +53,16 @@ READER_FLEISS_KAPPA = "reader_study/fleiss_kappa"  # agreement of all readers on
 READER_EQUIVALENCE_P = "reader_study/equivalence_p"  # TOST p-value of |accuracy - 0.5| < margin
 READER_PLAUSIBILITY_DIFF = "reader_study/plausibility_diff"  # mean plausibility, synthetic minus real (1-5 scale)
 
+# Bias across patient groups (`synthmed bias`), on the report's child run; each per grouping (``per_grouping``).
+BIAS_REPRESENTATION_TVD = "bias/representation_tvd"  # generated (read) vs real held-out (read) group shares
+BIAS_REPRESENTATION_MAX_GAP = "bias/representation_max_abs_gap"  # largest |share gap| of a group
+BIAS_READER_FLOOR_TVD = "bias/reader_floor_tvd"  # real held-out (read) vs training shares: the reader's own error
+BIAS_KID_DIFFERENCE = "bias/kid_difference"  # largest minus smallest per-group KID (in-domain features)
+BIAS_AUROC_DIFFERENCE = "bias/auroc_difference"  # downstream: best minus worst group, per training condition
+BIAS_SENSITIVITY_DIFFERENCE = "bias/sensitivity_difference"
+BIAS_FNR_DIFFERENCE = "bias/fnr_difference"  # underdiagnosis gap
+BIAS_FPR_DIFFERENCE = "bias/fpr_difference"
+
 
 def per_class(key: str, cls: int) -> str:
     """``val/cond_accuracy`` -> ``val/cond_accuracy_class1``: the metric over samples requested as class ``cls``."""
@@ -66,6 +78,19 @@ def on_real(key: str) -> str:
     """``val/cond_accuracy`` -> ``val/cond_accuracy_real``: the same metric on real held-out images with their true
     conditions, the ceiling that a generator's value is read against."""
     return f"{key}_real"
+
+
+def per_grouping(key: str, grouping: str, condition: str | None = None) -> str:
+    """``bias/fnr_difference`` -> ``bias/fnr_difference_sex_x_age_band`` (or ``..._sex_real_synth_1`` for the
+    condition ``real+synth@1``): the statistic over the groups of one grouping (and one training condition).
+    MLflow keys take only letters, digits and ``_-./ :``; every other character becomes ``_``."""
+    suffix = grouping + (f"_{condition}" if condition else "")
+    return f"{key}_{re.sub(r'[^A-Za-z0-9_.-]', '_', suffix)}"
+
+
+def gap_change(key: str) -> str:
+    """``bias/fnr_difference`` -> ``bias/fnr_difference_change``: candidate minus baseline, paired on cases."""
+    return f"{key}_change"
 
 
 def all_names() -> dict[str, str]:
