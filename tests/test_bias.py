@@ -1,0 +1,262 @@
+"""Bias across patient groups (issue 15): disaggregation against fairlearn and hand computation, the stratified
+bootstrap, undefined metrics, planted-bias phantoms and known answers (oracle, under-representing generator,
+planted underdiagnosis), and the `synthmed bias` command end to end on a smoke run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from synthmed.data.datamodule import covariates
+from synthmed.data.phantom import PhantomDataset
+from synthmed.evaluation.bias import image_layers
+from synthmed.metrics import bias as B
+from synthmed.metrics import fairness as F
+from synthmed.metrics import names
+from synthmed.metrics.domain import EncoderBank, EncoderSettings
+
+METRICS = list(F.CLASSIFIER_METRICS)
+
+# Fixed vectors: group a has 3 positives (scores .9 .4 .8) and 3 negatives (.2 .6 .1); b 1 positive, 3 negatives.
+Y = np.array([1, 1, 0, 0, 1, 0, 1, 0, 0, 0])
+S = np.array([.9, .4, .2, .6, .8, .1, .7, .3, .6, .2])
+G = np.array(["a"] * 6 + ["b"] * 4)
+HAND = {"a": {"auroc": 8 / 9, "sensitivity": 2 / 3, "fnr": 1 / 3, "fpr": 1 / 3},
+        "b": {"auroc": 1.0, "sensitivity": 1.0, "fnr": 0.0, "fpr": 1 / 3}}
+
+
+def _value(result, group, metric, condition="m"):
+    [row] = [g for g in result["groups"] if g["group"] == group]
+    return row["values"][condition][metric]
+
+
+def test_by_group_and_gaps_equal_metricframe_and_hand_computation():
+    result = F.disaggregate(Y, {"m": S}, G, min_n=1, min_pos=1, n_boot=50)
+    frame = F.metric_frame(Y, S, G, METRICS, 0.5)
+    for group, expected in HAND.items():
+        for metric, value in expected.items():
+            assert _value(result, group, metric)["value"] == pytest.approx(value)
+            assert frame.by_group.loc[group, metric] == pytest.approx(value)
+    for metric in METRICS:
+        gap = result["gaps"]["m"][metric]
+        assert gap["difference"]["value"] == pytest.approx(frame.difference()[metric])
+        assert gap["ratio"]["value"] == pytest.approx(frame.ratio()[metric], nan_ok=True)
+        assert gap["group_min"] == pytest.approx(frame.group_min()[metric])
+        assert gap["group_max"] == pytest.approx(frame.group_max()[metric])
+    assert result["gaps"]["m"]["sensitivity"]["worst_group"] == "a"  # higher is better: the lower one is worst
+    assert result["gaps"]["m"]["fnr"]["worst_group"] == "a"  # lower is better: the higher one is worst
+
+
+def test_replicate_computation_equals_metricframe_with_ties():
+    """The vectorized per-group values behind every bootstrap replicate equal MetricFrame's (ties in scores)."""
+    rng = np.random.default_rng(1)
+    y, s = (rng.random(300) < 0.3).astype(int), rng.integers(0, 6, 300) / 5  # heavy ties, scores on the threshold
+    groups = rng.choice(["x", "y", "z"], 300)
+    names_, codes = np.unique(groups, return_inverse=True)
+    fast = F._by_group_fast(y, s, codes, len(names_), METRICS, 0.6)
+    frame = F.metric_frame(y, s, groups, METRICS, 0.6).by_group
+    for m in METRICS:
+        np.testing.assert_allclose(fast[m], frame[m].reindex(names_).to_numpy(), rtol=1e-12)
+
+
+def test_stratified_bootstrap_keeps_every_group_and_class_size():
+    rng = np.random.default_rng(0)
+    groups, y = rng.choice(["F", "M", "X"], 200, p=[.6, .35, .05]), (rng.random(200) < 0.2).astype(int)
+    strata = np.char.add(groups, y.astype(str))
+    want = {s: int((strata == s).sum()) for s in np.unique(strata)}
+    for idx in F.stratified_bootstrap(strata, 30, seed=3):
+        assert len(idx) == 200
+        assert {s: int((strata[idx] == s).sum()) for s in want} == want
+    draws = [tuple(i) for i in F.stratified_bootstrap(strata, 2, seed=3)]
+    assert draws[0] != draws[1]  # replicates do resample
+
+
+def test_undefined_metric_is_nan_with_its_reason_and_small_groups_leave_the_gaps():
+    y = np.r_[Y, 0, 0, 0, 1, 0]
+    s = np.r_[S, .1, .7, .2, .9, .3]
+    g = np.concatenate([G, ["c", "c", "c", "d", "d"]])  # c: no positives; d: 2 cases
+    result = F.disaggregate(y, {"m": s}, g, min_n=3, min_pos=1, n_boot=50)
+    for metric in ("auroc", "sensitivity", "fnr"):
+        entry = _value(result, "c", metric)
+        assert np.isnan(entry["value"]) and entry["undefined"] == "no positive cases"
+    assert _value(result, "c", "fpr") == {**_value(result, "c", "fpr"), "value": 1 / 3, "undefined": None}
+    excluded = {e["group"]: e for e in result["excluded"]}
+    assert excluded["c"]["why"] == "0 positives < min_pos=1" and excluded["d"]["n"] == 2
+    assert "min_n=3" in excluded["d"]["why"]
+    gap = result["gaps"]["m"]["fpr"]
+    assert gap["groups_compared"] == ["a", "b"]  # c's FPR (1/3) and d's are reported but not compared
+    assert gap["difference"]["value"] == pytest.approx(0.0)
+
+
+def test_age_bands_and_groupings():
+    bands = F.age_bands([20, 39.9, 40, 89, 90], [20, 40, 60, 90])
+    assert bands.tolist() == ["20-40", "20-40", "40-60", "60-90", "60-90"]
+    with pytest.raises(ValueError, match="age_bands.*outside"):
+        F.age_bands([19.0], [20, 40, 90])
+    with pytest.raises(ValueError, match="increasing"):
+        F.age_bands([30.0], [20, 60, 40])
+    cols = F.group_columns({"sex": np.array([0, 1]), "age": np.array([25.0, 70.0])}, ["sex", "age_band"],
+                           [20, 40, 60, 90], intersect=True)
+    assert cols["sex x age_band"].tolist() == ["0 x 20-40", "1 x 60-90"]
+    with pytest.raises(ValueError, match="by: no covariate 'site'"):
+        F.group_columns({"sex": np.array([0])}, ["site"], [20, 90])
+
+
+def test_representation_chi2_matches_scipy_and_tvd_by_hand():
+    from scipy.stats import chi2_contingency
+
+    fake, real = np.array(["0"] * 30 + ["1"] * 70), np.array(["0"] * 55 + ["1"] * 45)
+    rep = F.representation(fake, real, n_boot=200)
+    assert rep["tvd"]["value"] == pytest.approx(0.25)
+    assert rep["groups"][0]["gap"]["value"] == pytest.approx(-0.25)
+    assert rep["chi2"]["p_value"] == pytest.approx(chi2_contingency([[30, 70], [55, 45]])[1])
+    assert rep["groups"][0]["gap"]["high"] < 0  # a 25-point under-representation at n=100 is shown
+
+
+# ------------------------------------------------------------------------------------------------ planted phantoms
+def test_planted_phantom_options_plant_what_they_say_and_defaults_stay_identical():
+    kw = {"size": 16, "n_train": 400, "noise_std": 0.0}
+    default = PhantomDataset("train", **kw)
+    explicit_none = PhantomDataset("train", **kw, lesion_prevalence_by_sex=None, train_exclude_age=None)
+    assert explicit_none.fingerprint == default.fingerprint and torch.equal(explicit_none.image, default.image)
+    assert "lesion_prevalence_by_sex" not in default.settings
+    planted = PhantomDataset("train", **kw, lesion_prevalence_by_sex=[0.2, 0.1], train_exclude_age=[40, 60])
+    c = planted.covariates()
+    for sex, p in ((0, 0.2), (1, 0.1)):
+        assert c["label"][c["sex"] == sex].sum() == round(p * (c["sex"] == sex).sum())  # exact counts per sex
+    assert not ((c["age"] >= 40) & (c["age"] < 60)).any() and c["age"].min() >= 20 and c["age"].max() <= 90
+    assert np.array_equal(c["sex"], default.covariates()["sex"])  # the same subjects, only the planted parts move
+    assert planted.fingerprint != default.fingerprint
+    val = PhantomDataset("val", **kw, train_exclude_age=[40, 60]).covariates()["age"]
+    assert ((val >= 40) & (val < 60)).any()  # the band is missing from the train split only
+    with pytest.raises(ValueError, match="lesion_prevalence_by_sex"):
+        PhantomDataset("train", **kw, lesion_prevalence_by_sex=[0.2])
+    with pytest.raises(ValueError, match="train_exclude_age"):
+        PhantomDataset("train", **kw, train_exclude_age=[60, 40])
+
+
+def lesion_evidence(data: PhantomDataset) -> np.ndarray:
+    """A classifier score built directly from the image: the brightest pixel (lesions are the brightest tissue)."""
+    return data.image.flatten(1).amax(1).numpy()
+
+
+def test_a_classifier_on_planted_contrast_shows_the_planted_underdiagnosis_gap():
+    kw = {"size": 32, "n_test": 300, "noise_std": 0.0, "lesion_prevalence": 0.3}
+    faint = PhantomDataset("test", **kw, lesion_contrast_by_sex=[1.0, 0.4])  # sex 1 lesions are faint
+    fair = PhantomDataset("test", **kw)
+    c = faint.covariates()
+    threshold = 2 * 0.85 - 1  # MR native 0.85 in [-1, 1] units: above white matter (0.72), below a lesion (0.97)
+    rows = [pd.DataFrame({"regime": regime, "seed": 0, "real_fraction": 1.0, "case": np.arange(len(c["label"])),
+                          "y_true": c["label"], "score": lesion_evidence(data), "sex": c["sex"], "age": c["age"]})
+            for regime, data in (("real", faint), ("real+synth", fair))]
+    down = B.downstream_layer(pd.concat(rows), ["sex"], [20, 90], False, threshold=threshold, n_boot=300,
+                              min_n=20, min_pos=5)
+    sex = down["by_grouping"]["sex"]
+    fnr = sex["gaps"]["real@1"]["fnr"]
+    assert fnr["worst_group"] == "1" and fnr["difference"]["low"] > 0.3  # the planted gap, interval clear of 0
+    assert sex["gaps"]["real+synth@1"]["fnr"]["difference"]["value"] < 0.1  # no planted bias: no such gap
+    change = sex["changes"]["real@1 -> real+synth@1"]["fnr"]["difference"]
+    assert change["high"] < 0  # the gap shrinks, paired on the same cases
+    same = B.downstream_layer(pd.concat([rows[0], rows[0].assign(regime="real+synth")]), ["sex"], [20, 90], False,
+                              threshold=threshold, n_boot=50)
+    assert same["by_grouping"]["sex"]["changes"]["real@1 -> real+synth@1"]["fnr"]["difference"] == {
+        "value": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_downstream_names_missing_columns():
+    with pytest.raises(ValueError, match=r"missing columns \['age'\]"):
+        B.downstream_layer(pd.DataFrame(columns=[c for c in B.PREDICTION_COLUMNS if c != "age"]), ["sex"], [20, 90],
+                           False)
+
+
+# --------------------------------------------------------------------------------------- known-answer generators
+@pytest.fixture(scope="module")
+def phantom_splits():
+    kw = {"size": 32, "n_train": 256, "n_val": 128, "n_test": 256}
+    return {s: PhantomDataset(s, **kw) for s in ("train", "val", "test")}
+
+
+@pytest.fixture(scope="module")
+def readers():
+    return EncoderBank(EncoderSettings(steps=150))  # 32 px: sex read right ~80 %, age band ~85 %
+
+
+def _layers(fake, splits, bank):
+    tr, va = splits["train"], splits["val"]
+    return image_layers(fake, tr.image, covariates(tr), va.image, covariates(va), bank, by=["sex", "age_band"],
+                        edges=[20, 40, 60, 90], n_boot=300, min_n=10, kid_subsets=10)
+
+
+def test_oracle_generator_shows_no_representation_gap(phantom_splits, readers):
+    oracle = phantom_splits["test"].image[:128]  # fresh subjects of the same distribution
+    rep = _layers(oracle, phantom_splits, readers)["representation"]
+    for grouping in ("sex", "age_band"):
+        for g in rep[grouping]["vs_heldout_read"]["groups"]:
+            assert g["gap"]["low"] <= 0 <= g["gap"]["high"], (grouping, g)
+
+
+def test_generator_under_representing_a_sex_is_caught(phantom_splits, readers):
+    test = phantom_splits["test"]
+    only_sex0 = test.image[torch.as_tensor(test.covariates()["sex"] == 0)][:128]  # planted: one sex only
+    out = _layers(only_sex0, phantom_splits, readers)
+    sex = {g["group"]: g for g in out["representation"]["sex"]["vs_heldout_read"]["groups"]}
+    assert sex["1"]["gap"]["high"] < 0 and sex["0"]["gap"]["low"] > 0
+    assert out["representation"]["sex"]["vs_train"]["chi2"]["p_value"] < 1e-3
+    assert out["fidelity"]["sex"]["groups"]["0"]["scored"]  # fidelity of the represented group is still scored
+
+
+# ------------------------------------------------------------------------------------------------------ command
+def untrained_run(root, template):
+    """A FINISHED run record of an untrained tiny VAE on the planted-bias phantoms: config and a weights-only
+    checkpoint, what `synthmed bias` restores (training is not what this test is about, and costs a minute)."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from synthmed.config import instantiate
+    from tests.conftest import compose_train
+
+    shutil.copy(template, root / "mlflow.db")
+    cfg = compose_train(root, ["model=vae", "dataset=phantom2d_bias", "debug=smoke"])
+    model = instantiate(cfg.model, "model")
+    (root / "rec" / "config").mkdir(parents=True)
+    (root / "rec" / "checkpoints").mkdir()
+    OmegaConf.save(cfg, root / "rec" / "config" / "config.yaml", resolve=True)
+    torch.save({"state_dict": model.state_dict(), "global_step": 0}, root / "rec" / "checkpoints" / "final.ckpt")
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    run = client.create_run(client.create_experiment("bias", str(root / "artifacts")), run_name="vae-untrained")
+    client.log_artifacts(run.info.run_id, str(root / "rec"))
+    client.set_terminated(run.info.run_id)
+    return client, client.get_run(run.info.run_id)
+
+
+def test_bias_command_logs_a_child_report(tmp_path, mlflow_template):
+    from synthmed.bias import bias
+    from synthmed.tracking import tags as tk
+    from tests.conftest import compose_train
+
+    client, run = untrained_run(tmp_path, mlflow_template)
+    with pytest.raises(ValueError, match="by: expected a list"):
+        bias(compose_train(tmp_path, [f"run={run.info.run_id}", "by=sex"], config_name="bias"))
+    with pytest.raises(ValueError, match="by=.*cannot group by \\['site'\\]"):
+        bias(compose_train(tmp_path, [f"run={run.info.run_id}", "by=[site]"], config_name="bias"))
+    cfg = compose_train(tmp_path, [f"run={run.info.run_id}", "n_samples=32", "n_boot=100", "min_n=5",
+                                   "metrics.domain_steps=20", "kid_subsets=5", "intersect=true"], config_name="bias")
+    report = bias(cfg)
+    child = client.get_run(report["report_run_id"])
+    assert child.data.tags[tk.REPORT] == "bias" and child.data.tags[tk.PARENT_RUN] == run.info.run_id
+    assert tk.CONFIG_HASH not in child.data.tags  # a hash never resolves to a report
+    assert names.per_grouping(names.BIAS_REPRESENTATION_TVD, "sex x age_band") in child.data.metrics
+    arts = {a.path for a in client.list_artifacts(child.info.run_id, "bias")}
+    assert {"bias/bias.json", "bias/bias.md", "bias/bias.html"} <= arts
+    folder = tmp_path / "outputs" / "job" / "bias"
+    saved = json.loads((folder / "bias.json").read_text())  # strict JSON: undefined values are null
+    assert saved["n_fake"] == 32 and "synthmed utility" in saved["downstream"]["skipped"]
+    assert set(saved["representation"]) == {"sex", "age_band", "sex x age_band"}
+    page = (folder / "bias.html").read_text()
+    assert "data:image/png;base64," in page and "http" not in page  # self-contained: nothing fetched
