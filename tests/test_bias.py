@@ -167,6 +167,16 @@ def test_a_classifier_on_planted_contrast_shows_the_planted_underdiagnosis_gap()
         "value": 0.0, "low": 0.0, "high": 0.0}
 
 
+def test_conditioning_per_requested_group_counts_by_hand():
+    requested = {"sex": np.array([0, 0, 0, 0, 1, 1, 1, 1]), "label": np.array([1, 1, 0, 0, 1, 1, 0, 0])}
+    read = {"sex": np.array([0, 0, 0, 1, 1, 0, 0, 0]), "label": np.array([1, 0, 0, 0, 0, 0, 0, 1]),
+            "age": np.full(8, 50.0)}
+    cond = B.conditioning_layer(requested, read, ["sex"], [20, 90], False)["sex"]
+    assert cond["0"]["sex"]["value"] == 3 / 4 and cond["1"]["sex"]["value"] == 1 / 4
+    assert cond["0"]["rare_class_rate"]["value"] == 1 / 2 and cond["1"]["rare_class_rate"]["value"] == 0.0
+    assert cond["1"]["rare_class_rate"]["n"] == 2 and cond["0"]["rare_class_rate"]["low"] > 0
+
+
 def test_downstream_names_missing_columns():
     with pytest.raises(ValueError, match=r"missing columns \['age'\]"):
         B.downstream_layer(pd.DataFrame(columns=[c for c in B.PREDICTION_COLUMNS if c != "age"]), ["sex"], [20, 90],

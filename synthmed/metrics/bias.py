@@ -90,7 +90,8 @@ def _proportion(hits: int, n: int) -> dict:
         return {"value": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0,
                 "undefined": "no images in this group"}
     low, high = proportion_confint(hits, n, alpha=1 - fair.LEVEL, method="wilson")
-    return {"value": hits / n, "low": float(low), "high": float(high), "n": n, "undefined": None}
+    clean = lambda x: float(min(max(round(x, 12), 0.0), 1.0))  # Wilson's 0 bound comes out as 7e-18
+    return {"value": hits / n, "low": clean(low), "high": clean(high), "n": n, "undefined": None}
 
 
 def conditioning_layer(requested: Mapping[str, np.ndarray], read: Mapping[str, np.ndarray], by: Sequence[str],

@@ -66,7 +66,7 @@ def representation_md(rep: dict) -> list[str]:
                  ci(g["gap"]), verdict(g["gap"]), num(train[g["group"]]["share_real"]),
                  ci(r["reader_accuracy"].get(g["group"]))] for g in vs["groups"]]
         out += [f"### by {name}", *_table(["group", "n gen.", "share gen. (read)", "n real", "share real (read)",
-                                             "gap [95% CI]", "", "share train (true)", "reader accuracy [95% CI]"],
+                                             "gap [95% CI]", "reading", "share train (true)", "reader accuracy [95% CI]"],
                                             rows), "",
                 f"TVD generated vs real held-out (read): {ci(vs['tvd'])}, chi-squared {num(vs['chi2']['statistic'])} "
                 f"(dof {vs['chi2']['dof']}, p = {num(vs['chi2']['p_value'])}); generated (read) vs training "
@@ -122,11 +122,11 @@ def downstream_md(down: dict) -> list[str]:
         rows = [[cond, m, ci(s["difference"]), ci(s["ratio"]), str(s["worst_group"]), verdict(s["difference"])]
                 for cond, per in d["gaps"].items() for m, s in per.items()]
         out += ["Gaps (over the groups in gaps):", "", *_table(["condition", "metric", "difference [95% CI]",
-                                                                  "ratio [95% CI]", "worst group", ""], rows), ""]
+                                                                  "ratio [95% CI]", "worst group", "reading"], rows), ""]
         for pair, per in d["changes"].items():
             rows = [[m, ci(c["difference"]), ci(c["ratio"]), verdict(c["difference"])] for m, c in per.items()]
             out += [f"Gap change {pair} (paired on the same cases):", "",
-                    *_table(["metric", "change of difference [95% CI]", "change of ratio [95% CI]", ""], rows), ""]
+                    *_table(["metric", "change of difference [95% CI]", "change of ratio [95% CI]", "reading"], rows), ""]
     return out
 
 
