@@ -158,7 +158,8 @@ def test_a_classifier_on_planted_contrast_shows_the_planted_underdiagnosis_gap()
     sex = down["by_grouping"]["sex"]
     fnr = sex["gaps"]["real@1"]["fnr"]
     assert fnr["worst_group"] == "1" and fnr["difference"]["low"] > 0.3  # the planted gap, interval clear of 0
-    assert sex["gaps"]["real+synth@1"]["fnr"]["difference"]["value"] < 0.1  # no planted bias: no such gap
+    unbiased = sex["gaps"]["real+synth@1"]["fnr"]["difference"]
+    assert unbiased["low"] <= 0 <= unbiased["high"]  # no planted bias: no gap shown
     change = sex["changes"]["real@1 -> real+synth@1"]["fnr"]["difference"]
     assert change["high"] < 0  # the gap shrinks, paired on the same cases
     same = B.downstream_layer(pd.concat([rows[0], rows[0].assign(regime="real+synth")]), ["sex"], [20, 90], False,
@@ -245,8 +246,26 @@ def untrained_run(root, template):
     return client, client.get_run(run.info.run_id)
 
 
+def log_utility_child(client, run, root):
+    """A `synthmed utility` report run (issue 14's contract) whose predictions miss half the lesions of sex 1."""
+    from synthmed.tracking import mlflow_utils as mt
+
+    rng = np.random.default_rng(0)
+    n = 200
+    y, sex, age = (rng.random(n) < 0.3).astype(int), rng.integers(0, 2, n), rng.uniform(20, 90, n)
+    missed = (sex == 1) & (rng.random(n) < 0.5)
+    score = np.where((y == 1) & ~missed, 0.9, 0.1) + rng.uniform(-0.05, 0.05, n)
+    frames = [pd.DataFrame({"regime": regime, "seed": seed, "real_fraction": 1.0, "case": np.arange(n),
+                            "y_true": y, "score": score if regime == "real" else np.where(y == 1, 0.9, 0.1),
+                            "sex": sex, "age": age}) for regime in ("real", "real+synth") for seed in (0, 1)]
+    folder = root / "utility_report"
+    folder.mkdir()
+    pd.concat(frames).to_csv(folder / "predictions.csv", index=False)
+    mt.report_run(client, run.info.experiment_id, "utility", folder, "utility", parent=run, artifact_path="utility")
+
+
 def test_bias_command_logs_a_child_report(tmp_path, mlflow_template):
-    from synthmed.bias import bias
+    from synthmed.bias import bias, utility_predictions
     from synthmed.tracking import tags as tk
     from tests.conftest import compose_train
 
@@ -257,6 +276,8 @@ def test_bias_command_logs_a_child_report(tmp_path, mlflow_template):
         bias(compose_train(tmp_path, [f"run={run.info.run_id}", "by=[site]"], config_name="bias"))
     cfg = compose_train(tmp_path, [f"run={run.info.run_id}", "n_samples=32", "n_boot=100", "min_n=5",
                                    "metrics.domain_steps=20", "kid_subsets=5", "intersect=true"], config_name="bias")
+    assert "synthmed utility run=" in utility_predictions(client, run, cfg)[1]  # no utility run yet: how to get one
+    log_utility_child(client, run, tmp_path)
     report = bias(cfg)
     child = client.get_run(report["report_run_id"])
     assert child.data.tags[tk.REPORT] == "bias" and child.data.tags[tk.PARENT_RUN] == run.info.run_id
@@ -266,7 +287,10 @@ def test_bias_command_logs_a_child_report(tmp_path, mlflow_template):
     assert {"bias/bias.json", "bias/bias.md", "bias/bias.html"} <= arts
     folder = tmp_path / "outputs" / "job" / "bias"
     saved = json.loads((folder / "bias.json").read_text())  # strict JSON: undefined values are null
-    assert saved["n_fake"] == 32 and "synthmed utility" in saved["downstream"]["skipped"]
+    assert saved["n_fake"] == 32 and saved["downstream"]["candidate"] == "real+synth@1"
+    sex = saved["downstream"]["by_grouping"]["sex"]
+    assert sex["gaps"]["real@1"]["fnr"]["worst_group"] == "1"  # the utility run's planted underdiagnosis
+    assert names.per_grouping(names.gap_change(names.BIAS_FNR_DIFFERENCE), "sex") in child.data.metrics
     assert set(saved["representation"]) == {"sex", "age_band", "sex x age_band"}
     page = (folder / "bias.html").read_text()
     assert "data:image/png;base64," in page and "http" not in page  # self-contained: nothing fetched

@@ -5,7 +5,9 @@ Groups are values of a covariate (``sex``), age bands cut from configurable edge
 ``by_group``, and the gap statistics ``difference`` (largest minus smallest group value) and ``ratio`` (smallest
 over largest). Intervals are percentile 95 % intervals of a bootstrap stratified by group and by label inside a
 group (every replicate keeps every group's size and its count of each class, so no replicate loses a group or a
-class; Efron & Tibshirani, An Introduction to the Bootstrap, 1993, ch. 13). Replicates use a vectorized per-group
+class; Efron & Tibshirani, An Introduction to the Bootstrap, 1993, ch. 13). A gap's interval follows the pair of
+groups that the full data names as lowest and highest (re-picking them per replicate would make the difference a
+maximum over noise that is never 0, so a fair classifier could not show "no gap"). Replicates use a vectorized per-group
 computation that the tests check against ``MetricFrame`` (MetricFrame costs ~10 ms a call; 1000 replicates x
 several groupings x several conditions would take minutes).
 
@@ -182,21 +184,29 @@ def gap_stats(values: Mapping[str, float], higher_is_better: bool) -> dict:
     lo, hi = min(finite, key=finite.get), max(finite, key=finite.get)
     ratio = finite[lo] / finite[hi] if finite[hi] != 0 else float("nan")
     worst, best = (lo, hi) if higher_is_better else (hi, lo)
+    if finite[hi] == finite[lo]:  # a tie names no group
+        worst = best = None
     return {"difference": finite[hi] - finite[lo], "ratio": ratio, "group_min": finite[lo],
             "group_max": finite[hi], "worst_group": worst, "best_group": best}
 
 
-def _gap_arrays(table: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, dict[str, float]]:
-    """difference and ratio per metric from per-group values ``[G]`` over the kept groups (for replicates)."""
-    out = {}
-    for m, v in table.items():
-        v = v[keep]
-        v = v[np.isfinite(v)]
-        if len(v) < 2:
-            out[m] = {"difference": np.nan, "ratio": np.nan}
-            continue
-        out[m] = {"difference": v.max() - v.min(), "ratio": v.min() / v.max() if v.max() != 0 else np.nan}
-    return out
+def extreme_pair(values: np.ndarray, keep: np.ndarray) -> tuple[int, int] | None:
+    """Indices (lowest, highest) of the kept finite per-group values ``[G]``, or None with fewer than two."""
+    ok = np.flatnonzero(keep & np.isfinite(values))
+    if len(ok) < 2:
+        return None
+    return int(ok[np.argmin(values[ok])]), int(ok[np.argmax(values[ok])])
+
+
+def _pair_gap(values: np.ndarray, pair: tuple[int, int] | None) -> dict[str, float]:
+    """difference (high - low) and ratio (low / high) of a fixed pair of groups; NaN without a pair.
+
+    Replicates keep the pair the full data named: re-picking the extremes in every replicate would make the
+    difference a maximum over noise, >= 0 by construction, whose interval could never hold 0 (no gap)."""
+    if pair is None:
+        return {"difference": np.nan, "ratio": np.nan}
+    lo, hi = values[pair[0]], values[pair[1]]
+    return {"difference": hi - lo, "ratio": lo / hi if hi != 0 else np.nan}
 
 
 @dataclass
@@ -256,7 +266,8 @@ def disaggregate(y_true: np.ndarray, scores: Mapping[str, np.ndarray], groups: n
                 raise ValueError(f"pairs: no condition {c!r} among the scores ({sorted(mats)})")
     d = _design(y, groups, min_n, min_pos)
     point = {c: _point_values(y, m, groups, d, metrics, threshold) for c, m in mats.items()}
-    boot = _bootstrap(y, mats, d, metrics, threshold, n_boot, seed,
+    extremes = {c: {m: extreme_pair(point[c][m], d.keep) for m in metrics} for c in mats}
+    boot = _bootstrap(y, mats, d, metrics, threshold, n_boot, seed, extremes,
                       strata if strata is not None else np.char.add(np.asarray(groups).astype(str), y.astype(str)))
     return _assemble(d, point, boot, metrics, pairs, y, min_n, min_pos, n_boot, threshold)
 
@@ -283,7 +294,7 @@ def _table(y, mat, codes, n_groups, metrics, threshold) -> dict[str, np.ndarray]
     return {m: np.mean([p[m] for p in per_seed], axis=0) for m in metrics}
 
 
-def _bootstrap(y, mats, d: _Design, metrics, threshold, n_boot, seed, strata) -> dict:
+def _bootstrap(y, mats, d: _Design, metrics, threshold, n_boot, seed, extremes, strata) -> dict:
     """Replicates: condition -> metric -> ``[B, G]`` per-group values and ``[B]`` gap statistics."""
     out = {c: {"by_group": {m: [] for m in metrics}, "gaps": {m: {"difference": [], "ratio": []} for m in metrics}}
            for c in mats}
@@ -292,7 +303,8 @@ def _bootstrap(y, mats, d: _Design, metrics, threshold, n_boot, seed, strata) ->
             table = _table(y[idx], mat[idx], d.codes[idx], len(d.names), metrics, threshold)
             for m, v in table.items():
                 out[c]["by_group"][m].append(v)
-            for m, g in _gap_arrays(table, d.keep).items():
+            for m in metrics:
+                g = _pair_gap(table[m], extremes[c][m])
                 for k in ("difference", "ratio"):
                     out[c]["gaps"][m][k].append(g[k])
     return out
