@@ -37,12 +37,12 @@ def ci(entry: dict | None, digits: int = 3) -> str:
     return f"{num(v, digits)} [{num(lo, digits)}, {num(hi, digits)}]" if lo is not None else num(v, digits)
 
 
-def verdict(entry: dict) -> str:
-    """What an interval of a difference shows."""
+def verdict(entry: dict, what: str = "gap") -> str:
+    """What an interval of a difference (or of a change, ``what="change"``) shows."""
     lo, hi = entry.get("low"), entry.get("high")
     if lo is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return "no interval"
-    return "gap shown" if lo > 0 or hi < 0 else "no gap shown (interval holds 0)"
+    return f"{what} shown" if lo > 0 or hi < 0 else f"no {what} shown (interval holds 0)"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -124,7 +124,8 @@ def downstream_md(down: dict) -> list[str]:
         out += ["Gaps (over the groups in gaps):", "", *_table(["condition", "metric", "difference [95% CI]",
                                                                   "ratio [95% CI]", "worst group", "reading"], rows), ""]
         for pair, per in d["changes"].items():
-            rows = [[m, ci(c["difference"]), ci(c["ratio"]), verdict(c["difference"])] for m, c in per.items()]
+            rows = [[m, ci(c["difference"]), ci(c["ratio"]), verdict(c["difference"], "change")]
+                    for m, c in per.items()]
             out += [f"Gap change {pair} (paired on the same cases):", "",
                     *_table(["metric", "change of difference [95% CI]", "change of ratio [95% CI]", "reading"], rows), ""]
     return out
