@@ -162,6 +162,10 @@ def plots(report: dict, folder: Path) -> list[tuple[str, Path]]:
             vals = [gr["values"][cond]["fnr"] for gr in down["groups"]]
             _bars(ax, [gr["group"] for gr in down["groups"]], [v["value"] for v in vals], [v["low"] for v in vals],
                   [v["high"] for v in vals], f"FNR, {cond}", "false-negative rate")
+        if conds:  # one FNR scale across conditions, so that bars compare
+            top = max(ax.get_ylim()[1] for ax in axes[0][2:])
+            for ax in axes[0][2:]:
+                ax.set_ylim(0, top)
         fig.suptitle(f"by {name}", fontsize=10)
         fig.tight_layout()
         path = folder / f"bias_{_slug(name)}.png"
