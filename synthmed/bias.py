@@ -53,7 +53,7 @@ def utility_predictions(client: MlflowClient, run, cfg: DictConfig) -> tuple[pd.
     """The predictions of layer 3 (`cfg.predictions`, else the newest utility child run's) and where they came
     from, or (None, how to get them)."""
     if cfg.predictions is not None:
-        return B.read_predictions(cfg.predictions), str(cfg.predictions)
+        return B.read_predictions(cfg.predictions, cfg.by, cfg.age_bands), str(cfg.predictions)
     found = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time DESC"],
                                filter_string=f"tags.`{tk.PARENT_RUN}` = '{run.info.run_id}' "
                                              f"and tags.`{tk.REPORT}` = 'utility'")
@@ -61,7 +61,7 @@ def utility_predictions(client: MlflowClient, run, cfg: DictConfig) -> tuple[pd.
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = client.download_artifacts(child.info.run_id, PREDICTIONS, tmp)
-                return B.read_predictions(path), f"run {child.info.run_id} ({PREDICTIONS})"
+                return B.read_predictions(path, cfg.by, cfg.age_bands), f"run {child.info.run_id} ({PREDICTIONS})"
         except OSError as err:  # MLflow raises an OSError subclass for a missing artifact
             log.warning("utility run %s has no %s: %s", child.info.run_id, PREDICTIONS, err)
     return None, (f"no utility report run of {run.info.run_id} holds {PREDICTIONS}: run `synthmed utility "

@@ -178,10 +178,19 @@ def test_conditioning_per_requested_group_counts_by_hand():
     assert cond["1"]["rare_class_rate"]["n"] == 2 and cond["0"]["rare_class_rate"]["low"] > 0
 
 
-def test_downstream_names_missing_columns():
+def test_bad_predictions_are_refused_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"missing columns \['age'\]"):
         B.downstream_layer(pd.DataFrame(columns=[c for c in B.PREDICTION_COLUMNS if c != "age"]), ["sex"], [20, 90],
                            False)
+    good = pd.DataFrame({"regime": "real", "seed": 0, "real_fraction": 1.0, "case": [0, 1], "y_true": [0, 1],
+                         "score": [0.1, 0.9], "sex": [0, 1], "age": [30.0, 95.0]})
+    for name, change, message in (("labels", {"y_true": [0, 2]}, "y_true must be 0 or 1"),
+                                  ("scores", {"score": [0.1, float("nan")]}, "score must be a finite number"),
+                                  ("ages", {}, r"age_bands \[20.0, 40.0, 60.0, 90.0\]: 1 ages outside")):
+        path = tmp_path / f"{name}.csv"
+        good.assign(**change).to_csv(path, index=False)
+        with pytest.raises(ValueError, match=f"{name}.csv: {message}"):
+            B.read_predictions(path, ["sex", "age_band"], [20, 40, 60, 90])
 
 
 # --------------------------------------------------------------------------------------- known-answer generators

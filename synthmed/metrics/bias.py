@@ -172,12 +172,23 @@ def memorized_flags(fake: Tensor, train: Tensor, heldout: Tensor, quantile: floa
 
 
 # -------------------------------------------------------------------------------------------------- 3 downstream
-def read_predictions(path) -> pd.DataFrame:
-    """The utility harness' per-case predictions; a ValueError names the file and the missing columns."""
+def read_predictions(path, by: Sequence[str] = (), edges: Sequence[float] = (20, 90)) -> pd.DataFrame:
+    """The utility harness' per-case predictions, checked before any expensive work: a ValueError names the file
+    and what is wrong (missing columns, labels other than 0/1, non-finite scores, ages outside the bands)."""
     df = pd.read_csv(path)
     missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; expected {list(PREDICTION_COLUMNS)}")
+    if not df["y_true"].isin([0, 1]).all():
+        raise ValueError(f"{path}: y_true must be 0 or 1, got {sorted(df['y_true'].unique())[:5]}")
+    score = pd.to_numeric(df["score"], errors="coerce")
+    if not np.isfinite(score).all():
+        raise ValueError(f"{path}: score must be a finite number in every row ({int((~np.isfinite(score)).sum())} "
+                         f"rows are not)")
+    try:
+        fair.group_columns({"sex": df["sex"].to_numpy(), "age": df["age"].to_numpy()}, by, edges)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     return df
 
 
