@@ -178,6 +178,24 @@ def test_conditioning_per_requested_group_counts_by_hand():
     assert cond["1"]["rare_class_rate"]["n"] == 2 and cond["0"]["rare_class_rate"]["low"] > 0
 
 
+def test_fidelity_per_group_scores_each_group_on_its_own_images():
+    from synthmed.metrics.features import kid
+    from synthmed.metrics.fid import fid_from_features
+
+    gen = torch.Generator().manual_seed(0)
+    fake, real = torch.randn(130, 4, generator=gen), torch.randn(120, 4, generator=gen)
+    fake[:100] += 3.0  # group "a" of the generated images is shifted: it, not "b", must score worse
+    fg, rg = np.array(["a"] * 100 + ["b"] * 30), np.array(["a"] * 60 + ["b"] * 60)
+    out = B.fidelity_layer(fake, {"g": fg}, real, {"g": rg}, np.r_[np.ones(10, bool), np.zeros(120, bool)],
+                           min_n=20, kid_subsets=5)["g"]
+    a, b = out["groups"]["a"], out["groups"]["b"]
+    assert a["kid"]["value"] == pytest.approx(kid(real[:60], fake[:100], subsets=5, subset_size=60)[0])
+    assert a["fd_domain"] == pytest.approx(fid_from_features(fake[:100], real[:60]))
+    assert a["kid"]["value"] > 10 * abs(b["kid"]["value"]) and out["kid_gap"]["worst_group"] == "a"
+    assert a["memorization_rate"]["value"] == 0.1 and b["memorization_rate"]["value"] == 0.0
+    assert a["memorization_rate"]["n"] == 100
+
+
 def test_bad_predictions_are_refused_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"missing columns \['age'\]"):
         B.downstream_layer(pd.DataFrame(columns=[c for c in B.PREDICTION_COLUMNS if c != "age"]), ["sex"], [20, 90],

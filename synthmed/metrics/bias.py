@@ -24,6 +24,7 @@ from torch import Tensor
 from synthmed.metrics import fairness as fair
 from synthmed.metrics.domain import DomainModel
 from synthmed.metrics.features import density_coverage, kid, precision_recall
+from synthmed.metrics.fid import fid_from_features
 from synthmed.metrics.memorization import memorization
 
 PREDICTION_COLUMNS = ("regime", "seed", "real_fraction", "case", "y_true", "score", "sex", "age")
@@ -126,7 +127,8 @@ def conditioning_layer(requested: Mapping[str, np.ndarray], read: Mapping[str, n
 def fidelity_layer(fake_feats: Tensor, fake_groups: Mapping[str, np.ndarray], real_feats: Tensor,
                    real_groups: Mapping[str, np.ndarray], memorized: np.ndarray | None, *, min_n: int = 20,
                    kid_subsets: int = 50, pr_k: int = 3, dc_k: int = 5, seed: int = 0) -> dict:
-    """Per grouping and group: KID (mean, std over subsets), precision, recall, coverage and memorization rate.
+    """Per grouping and group: KID (mean, std over subsets), precision, recall, coverage, memorization rate, and
+    the in-domain Frechet distance where both sides have more images than feature dimensions.
 
     Args:
         fake_feats, real_feats: in-domain features ``[n_fake, F]``, ``[n_real, F]``.
@@ -162,6 +164,10 @@ def _group_fidelity(fake: Tensor, real: Tensor, memorized, min_n, kid_subsets, p
     precision, recall = precision_recall(real, fake, pr_k)
     row.update(kid={"value": mean, "std": std}, precision=precision, recall=recall,
                coverage=density_coverage(real, fake, dc_k)[1])
+    # The Frechet distance needs full-rank covariances (more images than dims) and is biased by n: given where n
+    # allows, never as the comparison across groups (KID is).
+    if min(n_fake, n_real) > fake.shape[1]:
+        row["fd_domain"] = fid_from_features(fake, real)
     return row
 
 

@@ -89,18 +89,20 @@ def conditioning_md(cond: dict) -> list[str]:
 def fidelity_md(fid: dict) -> list[str]:
     out = ["## 2. Fidelity per group",
            "In-domain features; generated images grouped by their reading, real held-out images by their truth. "
-           "KID is unbiased at small n (mean ± std over subsets); precision/recall/coverage as the metric suite; "
+           "KID is unbiased at small n (mean ± std over subsets); the Frechet distance is biased by n, so it is "
+           "given only where both sides have more images than feature dimensions and compares only groups of "
+           "similar n; precision/recall/coverage as the metric suite; "
            "memorization: share of generated images nearer a training image than held-out images usually are "
            "(Wilson 95 % interval).", ""]
     for name, f in fid.items():
         rows = []
         for g, v in f["groups"].items():
             kid = f"{num(v['kid']['value'])} ± {num(v['kid']['std'], 2)}" if v.get("kid") else v.get("skipped", "–")
-            rows.append([g, str(v["n_fake"]), str(v["n_real"]), kid, num(v.get("precision")), num(v.get("recall")),
-                         num(v.get("coverage")), ci(v.get("memorization_rate"))])
+            rows.append([g, str(v["n_fake"]), str(v["n_real"]), kid, num(v.get("fd_domain")), num(v.get("precision")),
+                         num(v.get("recall")), num(v.get("coverage")), ci(v.get("memorization_rate"))])
         gap = f["kid_gap"]
-        out += [f"### by {name}", *_table(["group", "n gen.", "n real", "KID", "precision", "recall", "coverage",
-                                             "memorization rate [95% CI]"], rows), "",
+        out += [f"### by {name}", *_table(["group", "n gen.", "n real", "KID", "FD (in-domain)", "precision", "recall",
+                                             "coverage", "memorization rate [95% CI]"], rows), "",
                 f"KID difference (largest - smallest scored group): {num(gap['difference'])}, worst group "
                 f"{gap['worst_group']}.", ""]
     return out
@@ -110,7 +112,8 @@ def downstream_md(down: dict) -> list[str]:
     out = ["## 3. Downstream per group"]
     if "skipped" in down:
         return [*out, "", f"Skipped: {down['skipped']}", ""]
-    out += [f"Classifier predictions of the utility run on {down['n_cases']} test cases; conditions "
+    out += [f"Classifier predictions from {down.get('source', 'the utility run')} on {down['n_cases']} test cases; "
+            f"conditions "
             f"{', '.join(down['conditions'])} (seeds: {down['n_seeds']}). Baseline `{down['baseline']}`, candidate "
             f"`{down['candidate']}`. A case is flagged at score >= threshold; FNR is underdiagnosis.", ""]
     for name, d in down["by_grouping"].items():
