@@ -195,7 +195,10 @@ def extreme_pair(values: np.ndarray, keep: np.ndarray) -> tuple[int, int] | None
     ok = np.flatnonzero(keep & np.isfinite(values))
     if len(ok) < 2:
         return None
-    return int(ok[np.argmin(values[ok])]), int(ok[np.argmax(values[ok])])
+    lo, hi = int(ok[np.argmin(values[ok])]), int(ok[np.argmax(values[ok])])
+    if lo == hi:  # all equal: still two different groups, so that replicates can differ
+        hi = int(ok[1] if ok[0] == lo else ok[0])
+    return lo, hi
 
 
 def _pair_gap(values: np.ndarray, pair: tuple[int, int] | None) -> dict[str, float]:
