@@ -118,7 +118,9 @@ def bias(cfg: DictConfig) -> dict:
     R.write(report, folder)
     report["report_run_id"] = mt.report_run(client, run.info.experiment_id, "bias", folder, f"{run.info.run_name}-bias",
                                             {tk.EVALUATES: run.info.run_id}, parent=run,
-                                            metrics=headline_metrics(report), artifact_path="bias")
+                                            metrics=headline_metrics(report), artifact_path="bias",
+                                            params={k: str(report[k]) for k in ("by", "age_bands", "seed", "split",
+                                                                                 "n_boot", "min_n", "min_pos")})
     print(json.dumps({"report_run_id": report["report_run_id"], "folder": str(folder),
                       "metrics": headline_metrics(report)}, indent=2), flush=True)
     return report

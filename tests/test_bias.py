@@ -309,6 +309,7 @@ def test_bias_command_logs_a_child_report(tmp_path, mlflow_template):
     child = client.get_run(report["report_run_id"])
     assert child.data.tags[tk.REPORT] == "bias" and child.data.tags[tk.PARENT_RUN] == run.info.run_id
     assert tk.CONFIG_HASH not in child.data.tags  # a hash never resolves to a report
+    assert child.data.params["by"] == str(["sex", "age_band", "intersections"])
     assert names.per_grouping(names.BIAS_REPRESENTATION_TVD, "sex x age_band") in child.data.metrics
     arts = {a.path for a in client.list_artifacts(child.info.run_id, "bias")}
     assert {"bias/bias.json", "bias/bias.md", "bias/bias.html"} <= arts
