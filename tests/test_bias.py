@@ -178,6 +178,19 @@ def test_conditioning_per_requested_group_counts_by_hand():
     assert cond["1"]["rare_class_rate"]["n"] == 2 and cond["0"]["rare_class_rate"]["low"] > 0
 
 
+def test_rare_class_rate_per_group_against_statsmodels():
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    fake_label, real_label = np.r_[np.ones(2), np.zeros(38), np.ones(10), np.zeros(30)], np.r_[np.ones(8), np.zeros(32)]
+    fake_groups = {"sex": np.array(["0"] * 40 + ["1"] * 40)}  # sex 0: 2 of 40 read as lesions; sex 1: 10 of 40
+    real_groups = {"sex": np.array(["0"] * 20 + ["1"] * 20)}  # real: 8 of 20 in sex 0, none in sex 1
+    out = B.rare_class_layer(fake_label, fake_groups, real_label, real_groups)["sex"]
+    assert out["0"]["fake"]["value"] == 0.05 and out["0"]["real"]["value"] == 0.4
+    low, high = confint_proportions_2indep(2, 40, 8, 20, method="newcomb", compare="diff")
+    assert out["0"]["difference"] == pytest.approx({"value": 0.05 - 0.4, "low": low, "high": high})
+    assert out["0"]["difference"]["high"] < 0 < out["1"]["difference"]["low"]  # under- and over-produced
+
+
 def test_fidelity_per_group_scores_each_group_on_its_own_images():
     from synthmed.metrics.features import kid
     from synthmed.metrics.fid import fid_from_features
@@ -226,7 +239,7 @@ def readers():
 def _layers(fake, splits, bank):
     tr, va = splits["train"], splits["val"]
     return image_layers(fake, tr.image, covariates(tr), va.image, covariates(va), bank, by=["sex", "age_band"],
-                        edges=[20, 40, 60, 90], n_boot=300, min_n=10, kid_subsets=10)
+                        edges=[20, 40, 60, 90], n_boot=300, min_n=10, kid_subsets=10, read_label=False)
 
 
 def test_oracle_generator_shows_no_representation_gap(phantom_splits, readers):
@@ -320,5 +333,6 @@ def test_bias_command_logs_a_child_report(tmp_path, mlflow_template):
     assert sex["gaps"]["real@1"]["fnr"]["worst_group"] == "1"  # the utility run's planted underdiagnosis
     assert names.per_grouping(names.gap_change(names.BIAS_FNR_DIFFERENCE), "sex") in child.data.metrics
     assert set(saved["representation"]) == {"sex", "age_band", "sex x age_band"}
+    assert set(saved["rare_class"]) == {"sex", "age_band", "sex x age_band"}  # unconditional: lesion rate per group
     page = (folder / "bias.html").read_text()
     assert "data:image/png;base64," in page and "http" not in page  # self-contained: nothing fetched

@@ -45,7 +45,7 @@ def image_layers(fake: Tensor, train: Tensor, train_cond: Mapping[str, Tensor], 
                  edges: Sequence[float], intersect: bool = False, min_n: int = 20, n_boot: int = 1000,
                  seed: int = 0, requested: Mapping[str, np.ndarray] | None = None, fingerprint: str | None = None,
                  kid_subsets: int = 50, pr_k: int = 3, dc_k: int = 5, memorization_quantile: float = 0.05,
-                 batch_size: int = 50) -> dict:
+                 batch_size: int = 50, read_label: bool = True) -> dict:
     """Representation (layer 1), conditioning per group (conditional samples) and fidelity per group (layer 2).
 
     Args:
@@ -55,6 +55,7 @@ def image_layers(fake: Tensor, train: Tensor, train_cond: Mapping[str, Tensor], 
         encoders: where the sex/age reader (and, for label requests, the label reader) comes from.
         by, edges, intersect: groupings (``fairness.group_columns``).
         requested: what each sample was asked for (conditional generators), covariate -> ``[n]``.
+        read_label: read the rare class too (trains the lesion reader once per data set: the slowest part).
     """
     reader = encoders.get("domain", train, train_cond, fingerprint)
     missing = [b for b in by if ("age" if b == "age_band" else b) not in reader.heads]
@@ -69,12 +70,17 @@ def image_layers(fake: Tensor, train: Tensor, train_cond: Mapping[str, Tensor], 
            "reader": reader.provenance("reader"),
            "representation": B.representation_layer(fake_read, real_read, true, train_true, by, edges, intersect,
                                                     n_boot, seed)}
+    wanted = read_label and "label" in train_cond
+    label_reader = encoders.get("label", train, train_cond, fingerprint) if wanted else None
+    fake_label = label_reader.outputs(fake, batch_size)["label"].numpy() if label_reader else None
     if requested:
-        read = dict(fake_read)
-        if "label" in requested:
-            read["label"] = encoders.get("label", train, train_cond, fingerprint).outputs(fake, batch_size)["label"]
-            read["label"] = read["label"].numpy()
+        read = dict(fake_read) | ({"label": fake_label} if fake_label is not None else {})
         out["conditioning"] = B.conditioning_layer(requested, read, by, edges, intersect)
+    if fake_label is not None and not (requested and "label" in requested):  # requested labels are not a rate
+        real_label = label_reader.outputs(real, batch_size)["label"].numpy()
+        out["rare_class"] = B.rare_class_layer(
+            fake_label, fair.group_columns(B.clip_ages(fake_read, edges), by, edges, intersect), real_label,
+            fair.group_columns(B.clip_ages(real_read, edges), by, edges, intersect))
     flags = B.memorized_flags(fake, train, real, memorization_quantile) if real.shape[0] >= 2 else None
     fake_groups = fair.group_columns(B.clip_ages(fake_read, edges), by, edges, intersect)
     real_groups = fair.group_columns(true, by, edges, intersect)

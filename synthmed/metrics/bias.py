@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from statsmodels.stats.proportion import proportion_confint
+from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 from torch import Tensor
 
 from synthmed.metrics import fairness as fair
@@ -119,6 +119,31 @@ def conditioning_layer(requested: Mapping[str, np.ndarray], read: Mapping[str, n
             if "label" in requested and "label" in read:
                 rare = m & (requested["label"] == 1)
                 entry["rare_class_rate"] = _proportion(int((read["label"][rare] == 1).sum()), int(rare.sum()))
+            out[name][g] = entry
+    return out
+
+
+def rare_class_layer(fake_label: np.ndarray, fake_groups: Mapping[str, np.ndarray], real_label: np.ndarray,
+                     real_groups: Mapping[str, np.ndarray]) -> dict:
+    """Unconditional samples: the share read as the rare class (label 1) per group, against real held-out images
+    read and grouped by the same readers (their errors then cancel to first order), and the difference with a
+    Newcombe hybrid-score 95 % interval (Newcombe, Stat. Med. 17(8), 1998).
+
+    Args:
+        fake_label, real_label: label read from each image, ``[n_fake]``, ``[n_real]``.
+        fake_groups, real_groups: grouping -> group read from each image.
+    """
+    out = {}
+    for name in fake_groups:
+        fg, rg = np.asarray(fake_groups[name]), np.asarray(real_groups[name])
+        out[name] = {}
+        for g in sorted(set(fg) | set(rg)):
+            f, r = np.asarray(fake_label)[fg == g], np.asarray(real_label)[rg == g]
+            entry = {"fake": _proportion(int(f.sum()), len(f)), "real": _proportion(int(r.sum()), len(r))}
+            if len(f) and len(r):
+                low, high = confint_proportions_2indep(int(f.sum()), len(f), int(r.sum()), len(r), method="newcomb",
+                                                       compare="diff", alpha=1 - fair.LEVEL)
+                entry["difference"] = {"value": float(f.mean() - r.mean()), "low": float(low), "high": float(high)}
             out[name][g] = entry
     return out
 

@@ -86,6 +86,19 @@ def conditioning_md(cond: dict) -> list[str]:
     return out
 
 
+def rare_class_md(rare: dict) -> list[str]:
+    out = ["## Rare class per group",
+           "Share of images read as the rare class (label 1) by the in-domain lesion reader, generated vs real "
+           "held-out, both grouped by the same readers; difference with a Newcombe 95 % interval.", ""]
+    for name, groups in rare.items():
+        rows = [[g, str(v["fake"]["n"]), ci(v["fake"]), str(v["real"]["n"]), ci(v["real"]),
+                 ci(v.get("difference")), verdict(v["difference"]) if v.get("difference") else "–"]
+                for g, v in groups.items()]
+        out += [f"### by {name}", *_table(["group", "n gen.", "rate gen. [95% CI]", "n real", "rate real [95% CI]",
+                                             "difference [95% CI]", "reading"], rows), ""]
+    return out
+
+
 def fidelity_md(fid: dict) -> list[str]:
     out = ["## 2. Fidelity per group",
            "In-domain features; generated images grouped by their reading, real held-out images by their truth. "
@@ -191,6 +204,8 @@ def markdown(report: dict, images: list[tuple[str, Path]]) -> str:
     body = representation_md(report["representation"])
     if report.get("conditioning"):
         body += conditioning_md(report["conditioning"])
+    if report.get("rare_class"):
+        body += rare_class_md(report["rare_class"])
     body += fidelity_md(report["fidelity"]) + downstream_md(report["downstream"])
     body += ["## Plots", "", *(f"![by {n}]({p.name})" for n, p in images), ""]
     return "\n".join(head + body)
