@@ -59,7 +59,7 @@ def _write_domain(folder: Path, value: int, n: int) -> list[Path]:
     return paths
 
 
-def test_unpaired_dataset_from_two_roots_or_a_manifest_with_a_domain_column(tmp_path):
+def test_unpaired_dataset_from_two_roots_or_a_manifest_with_a_domain_column(tmp_path, monkeypatch):
     a, b = _write_domain(tmp_path / "mr", 10, 5), _write_domain(tmp_path / "ct", 100, 3)
     side = functools.partial(ImageFolderDataset, size=[8, 8], val_fraction=0.0, test_fraction=0.0,
                              cache_dir=str(tmp_path / "cache"))
@@ -75,8 +75,8 @@ def test_unpaired_dataset_from_two_roots_or_a_manifest_with_a_domain_column(tmp_
         rows = [("image", "domain")] + [(p.relative_to(tmp_path), "mr") for p in a] + \
             [(p.relative_to(tmp_path), "ct") for p in b]
         csv.writer(f).writerows(rows)
-    mixed = UnpairedDataset("train", side, side, manifest=str(manifest), domains=["mr", "ct"],
-                            cache_dir=str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # a relative cache_dir, as the config's ${paths.cache_dir}/data
+    mixed = UnpairedDataset("train", side, side, manifest=str(manifest), domains=["mr", "ct"], cache_dir="cache")
     assert [pixel(mixed[i]["image"]) for i in range(5)] == sources  # the manifest's rows split by domain
     assert sorted(pixel(mixed[i]["target"]) for i in range(3)) == sorted(targets[:3])
     with pytest.raises(ValueError, match=r"no row with domain in \['xray'\]"):

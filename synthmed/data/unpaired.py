@@ -117,8 +117,8 @@ def split_manifest(manifest: Path, column: str, domains: tuple[str, ...], cache_
         writer.writeheader()
         for row in rows:
             if row[column] == domain:
-                writer.writerow({k: _absolute(v, manifest.parent) for k, v in row.items()})
-        out.append(str(atomic_write(Path(cache_dir).expanduser() / "unpaired" / f"{key}-{domain}.csv",
+                writer.writerow({k: v if k == column else _absolute(v, manifest.parent) for k, v in row.items()})
+        out.append(str(atomic_write(Path(cache_dir).expanduser().resolve() / "unpaired" / f"{key}-{domain}.csv",
                                     buf.getvalue())))
     return out
 
