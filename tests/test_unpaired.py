@@ -180,10 +180,15 @@ def test_cyclegan_trains_with_every_term_under_bf16_mixed_precision(tmp_path):
     assert len(model.pools["a"].images) == 4  # pool_size=4, filled by 2 batches of 4
 
 
-def test_pix2pix_learns_one_direction_only(tmp_path):
-    model = instantiate(compose_train(tmp_path, [*TINY[:3], "model=pix2pix"]).model, "model")
+def test_pix2pix_learns_one_direction_and_refuses_unpaired_data(tmp_path):
+    cfg = compose_train(tmp_path, [*TINY[:3], "model=pix2pix", "dataset.datamodule.dataset.n_train=8"])
+    model = instantiate(cfg.model, "model")
     with pytest.raises(ValueError, match=r"direction must be one of \('a2b',\)"):
         model.set_direction("b2a")
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="use model=cyclegan"):
+        trainer.fit(model, datamodule=instantiate(cfg.dataset.datamodule, "dataset.datamodule"))
 
 
 @pytest.mark.slow

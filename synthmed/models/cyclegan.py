@@ -85,6 +85,7 @@ class CycleGANModule(Translator):
     family = "gan"
     uses_noise = False
     directions = ("a2b", "b2a")
+    learns_unpaired = True
     # Contract test only: small nets keep its 2D and 3D cases within seconds.
     test_overrides = ("model.generator.features=[8,8,16,16,16,8]", "model.discriminator.channels=8",
                       "model.pool_size=2")

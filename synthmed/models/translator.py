@@ -36,6 +36,7 @@ class Translator(GenerativeModule):
     requires_source = True  # sample() translates cond["source"]
     directions: tuple[str, ...] = ("a2b",)  # a2b: source -> target; unpaired translators (CycleGAN) also b2a
     direction: str = "a2b"  # what sample() translates; set_direction() changes it
+    learns_unpaired: bool = False  # True: trains on unpaired items (CycleGAN); False: needs registered pairs
 
     def __init__(self, name: str, image_shape: Sequence[int], optimizer: OptimizerFactory,
                  ema_decay: float | None = None, sample_batch_size: int = 16, grad_clip_norm: float | None = None,
@@ -97,7 +98,10 @@ class Translator(GenerativeModule):
     def has_paired_truth(self, split: str) -> bool:
         """False when the data set says its `split` pairs are not the same subjects (`paired_truth`, e.g.
         dataset=unpaired): HU metrics against such a `target` would be meaningless. Paired data sets say nothing."""
-        return bool(getattr(self.trainer.datamodule.split(split), "paired_truth", True))
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "split"):  # loaders passed directly: nothing to ask
+            return True
+        return bool(getattr(datamodule.split(split), "paired_truth", True))
 
     def log_translation_metrics(self, batch: dict, batch_idx: int, pred: Tensor | None = None) -> dict[str, float]:
         """Translate a val batch (fixed generator per batch; or take its translation `pred`) and log MAE/PSNR/SSIM
@@ -116,6 +120,10 @@ class Translator(GenerativeModule):
         self.log_translation_metrics(batch, batch_idx)
 
     def on_fit_start(self) -> None:
+        if not self.learns_unpaired and not self.has_paired_truth("train"):
+            raise ValueError(f"{type(self).__name__} learns from registered pairs, but this data set's training "
+                             "targets are other subjects' images (paired_truth=False: dataset=phantom2d_unpaired or "
+                             "unpaired); use model=cyclegan, or a paired data set (phantom2d_pairs, paired_nifti)")
         if not hasattr(self.trainer.datamodule, "target_intensity"):
             log.warning("%s: the datamodule is not paired (synthmed.data.paired_nifti.PairedDataModule), so the "
                         "generation metrics (FID, ...) compare translations with its `image`s, the sources; use "
