@@ -11,7 +11,8 @@ commands:
   train      train a model: synthmed train model=ddpm dataset=phantom2d hardware=cpu [key=value ...] [-m]
   sample     write marked synthetic images: synthmed sample run=<run id | config hash> n=100 out=DIR format=png|nifti|dicom
   evaluate   full metric suite on a trained run: synthmed evaluate run=<run id | config hash> n_samples=256
-  translate  apply a trained translator: synthmed translate run=<run id | config hash> in=DIR out=DIR [format=png|nifti]
+  translate  apply a trained translator: synthmed translate run=<run id | config hash> in=DIR out=DIR
+             [format=png|nifti] [direction=a2b|b2a]
   fid        FID between two folders or .npz stats: synthmed fid DIR_A DIR_B [--dims 2048]
   compare    report runs side by side: synthmed compare experiment=<name> [runs=<id|hash>,...] [out=DIR]
   bias       every number per patient group, with intervals: synthmed bias run=<run id | config hash> by=[sex,age_band]

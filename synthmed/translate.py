@@ -1,5 +1,7 @@
-"""`synthmed translate run=<run id | config hash> in=DIR out=DIR`: apply a trained translator to a folder of NIfTI or
-PNG images and write marked synthetic outputs (DESIGN.md, transparency) with provenance sidecars.
+"""`synthmed translate run=<run id | config hash> in=DIR out=DIR [direction=a2b|b2a]`: apply a trained translator to
+a folder of NIfTI or PNG images and write marked synthetic outputs (DESIGN.md, transparency) with provenance sidecars.
+`direction=b2a` (CycleGAN, which learns both ways) translates target-domain inputs back into the source domain: the
+two recorded intensity mappings then swap roles.
 
 Inputs are preprocessed like the run's training sources, from its records only: the source intensity mapping of
 `data/dataset.json` (CT window, MR percentiles per image, linear), the recorded config's spacing, slice axis and
@@ -30,6 +32,7 @@ from synthmed.tracking.restore import Restored, provenance, restore_for_sampling
 NIFTI, PNG = (".nii", ".nii.gz"), (".png",)
 FORMATS = ("auto", "png", "nifti")
 GEOMETRIES = ("dataset", "input")
+DIRECTIONS = ("a2b", "b2a")
 
 
 def intensity_config(record: dict) -> dict:
@@ -93,15 +96,17 @@ def target_intensity(restored: Restored) -> dict:
 
 def translate(cfg: DictConfig) -> list[Path]:
     """Translate every NIfTI/PNG file under `cfg.in` (sorted; input index = position) into `cfg.out`."""
-    if cfg.format not in FORMATS or cfg.geometry not in GEOMETRIES:
-        raise ValueError(f"format must be one of {FORMATS} and geometry one of {GEOMETRIES}, got "
-                         f"'{cfg.format}', '{cfg.geometry}'")
+    if cfg.format not in FORMATS or cfg.geometry not in GEOMETRIES or cfg.direction not in DIRECTIONS:
+        raise ValueError(f"format must be one of {FORMATS}, geometry one of {GEOMETRIES} and direction one of "
+                         f"{DIRECTIONS}, got '{cfg.format}', '{cfg.geometry}', '{cfg.direction}'")
     _, restored = restore_for_sampling(cfg)
     model = restored.model
     if not model.requires_source:
-        raise ValueError(f"run {cfg.run} is a '{restored.cfg.model.name}' model, not a translator (pix2pix, cond_ddpm)")
+        raise ValueError(f"run {cfg.run} is a '{restored.cfg.model.name}' model, not a translator (pix2pix, cond_ddpm, "
+                         "cyclegan)")
     restored.dataset["target_intensity"] = target_intensity(restored)
-    base = provenance(restored, cfg.seed) | {"task": "translation"}
+    orient(restored, cfg.direction)
+    base = provenance(restored, cfg.seed) | {"task": "translation", "direction": cfg.direction}
     inputs = [Path(p) for p in find_files(Path(cfg["in"]), NIFTI + PNG)]
     out, written = Path(cfg.out), []
     out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +116,20 @@ def translate(cfg: DictConfig) -> list[Path]:
     print(f"wrote {len(written)} translations of run {base['run_id']} (config {short_hash(base['config_hash'])}) "
           f"to {out}", flush=True)
     return written
+
+
+def orient(restored: Restored, direction: str) -> None:
+    """Point the model and the recorded mappings at `direction`: b2a reads inputs with the target's mapping and
+    writes outputs in the source's (a ValueError, before any work, for a model that learned one way only)."""
+    model = restored.model
+    if direction not in model.directions:
+        raise ValueError(f"direction={direction}: run {restored.run.info.run_id} ('{restored.cfg.model.name}') "
+                         f"translates {list(model.directions)} only; b2a needs a model that learns both ways "
+                         "(cyclegan)")
+    model.set_direction(direction)
+    if direction == "b2a":
+        record = restored.dataset
+        record["intensity"], record["target_intensity"] = record["target_intensity"], record["intensity"]
 
 
 def translate_file(path: Path, stem: Path, model, restored: Restored, cfg: DictConfig, meta: dict) -> Path:

@@ -32,8 +32,10 @@ _CHUNK_VOXELS = 1 << 16  # voxels rendered at a time: 256 KiB temporaries stay i
 
 
 def sample_subjects(n: int, spatial_dims: int, lesion_prevalence: float, seed: int, split: str,
-                    lesion_radius: tuple[float, float] = LESION_RADIUS, planted: dict | None = None) -> dict:
-    """Draws every per-subject parameter of one split; cheap, renders nothing.
+                    lesion_radius: tuple[float, float] = LESION_RADIUS, planted: dict | None = None,
+                    domain: int = 0) -> dict:
+    """Draws every per-subject parameter of one split; cheap, renders nothing. `domain` 1 draws the other subjects
+    of an unpaired data set's target domain (0: the default subjects).
 
     Args:
         planted: planted-bias options (see `PhantomDataset`): `lesion_prevalence_by_sex`, `lesion_contrast_by_sex`,
@@ -44,7 +46,7 @@ def sample_subjects(n: int, spatial_dims: int, lesion_prevalence: float, seed: i
         `lesion_contrast` when planted).
     """
     planted = {k: v for k, v in (planted or {}).items() if v is not None}
-    cov, anat, les, _ = _streams(seed, split)
+    cov, anat, les, _ = _streams(seed, split, domain)
     label = np.zeros(n, np.int64)
     label[cov.permutation(n)[: round(lesion_prevalence * n)]] = 1  # exact count, so the rare class is exactly rare
     s = {"label": label, "sex": cov.integers(0, 2, n), "age": cov.uniform(20.0, 90.0, n)}
@@ -78,10 +80,12 @@ def _skip_age_band(rng: np.random.Generator, age: np.ndarray, band: Sequence[flo
     return age
 
 
-def _streams(seed: int, split: str) -> list[np.random.Generator]:
+def _streams(seed: int, split: str, domain: int = 0) -> list[np.random.Generator]:
     """Independent random streams of a split: covariates, anatomy, lesions, noise. A split's own entropy makes
-    its subjects disjoint from the other splits' and independent of their sizes."""
-    return [np.random.default_rng(s) for s in np.random.SeedSequence([seed, SPLITS.index(split)]).spawn(4)]
+    its subjects disjoint from the other splits' and independent of their sizes; domain 1 (an unpaired target
+    domain) adds its own entropy, domain 0 keeps the streams the data set always had."""
+    entropy = [seed, SPLITS.index(split)] + ([domain] if domain else [])
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(entropy).spawn(4)]
 
 
 def _jitter(rng: np.random.Generator, rel: float, shape) -> np.ndarray:
@@ -271,6 +275,12 @@ class PhantomDataset(torch.utils.data.Dataset):
         train_exclude_age: planted bias, [low, high) years within 20-90: no train subject has an age in this
             band (their ages are redrawn from the rest); val and test keep every age.
         Planted options left at None draw nothing: the data and the fingerprint stay those of the defaults.
+        unpaired: the train split's `target`s are CTs of *other* subjects (their own random stream, so no CT shows
+            the anatomy of any MR), for unpaired translation (CycleGAN); val and test stay paired, so translations
+            can still be scored against the truth. Train items then also carry `target_label` and the data set
+            says `paired_truth = False` for that split.
+        target_lesion_prevalence: unpaired only: lesion prevalence of the target-domain subjects (None: as the
+            source's), e.g. 0.1 in MR and 0.4 in CT to provoke a translator into inventing lesions.
     """
 
     channels: int = 1
@@ -280,7 +290,8 @@ class PhantomDataset(torch.utils.data.Dataset):
                  bias_strength: float = 0.2, seed: int = 0, lesion_radius: Sequence[float] = LESION_RADIUS,
                  lesion_prevalence_by_sex: Sequence[float] | None = None,
                  lesion_contrast_by_sex: Sequence[float] | None = None,
-                 train_exclude_age: Sequence[float] | None = None):
+                 train_exclude_age: Sequence[float] | None = None,
+                 unpaired: bool = False, target_lesion_prevalence: float | None = None):
         size = (64 if spatial_dims == 2 else 32) if size is None else size
         _check_args(split=split, spatial_dims=spatial_dims, size=size, n_train=n_train, n_val=n_val, n_test=n_test,
                     lesion_prevalence=lesion_prevalence, noise_std=noise_std, bias_strength=bias_strength, seed=seed,
@@ -301,6 +312,9 @@ class PhantomDataset(torch.utils.data.Dataset):
         if lesion_radius != LESION_RADIUS:  # only when set: default data sets keep the fingerprints they had
             self.settings["lesion_radius"] = list(lesion_radius)
         self.settings.update(planted)  # only the planted ones: default data sets keep their fingerprints
+        target_prevalence = _check_unpaired(unpaired, target_lesion_prevalence, lesion_prevalence)
+        if unpaired:  # likewise: paired data sets keep their fingerprints
+            self.settings.update(unpaired=True, target_lesion_prevalence=target_prevalence)
         canonical = json.dumps(self.settings, sort_keys=True, separators=(",", ":"))
         self.fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
         self.intensity = {"kind": "linear", "native_min": 0.0, "native_max": 1.0, "unit": "a.u."}
@@ -308,21 +322,28 @@ class PhantomDataset(torch.utils.data.Dataset):
                                  "unit": "HU"}
         n = {"train": n_train, "val": n_val, "test": n_test}[split]
         self._subjects = sample_subjects(n, spatial_dims, lesion_prevalence, seed, split, lesion_radius, planted)
-        self.image, self.target = self._render(noise_std, bias_strength, seed)
+        self.image, self.target = self._render(self._subjects, noise_std, bias_strength, seed)
+        self.paired_truth = not (unpaired and split == "train")
+        self._target_label = self._subjects["label"]
+        if not self.paired_truth:  # the CTs of other subjects, drawn and rendered from the target domain's streams
+            other = sample_subjects(n, spatial_dims, target_prevalence, seed, split, lesion_radius, domain=1)
+            self.target = self._render(other, noise_std, bias_strength, seed, domain=1)[1]
+            self._target_label = other["label"]
 
-    def _render(self, noise_std: float, bias_strength: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Renders the split in chunks of subjects; returns two float32 tensors [n, 1, *spatial]."""
+    def _render(self, subjects: dict, noise_std: float, bias_strength: float, seed: int,
+                domain: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Renders `subjects` in chunks; returns two float32 tensors [n, 1, *spatial]."""
         shape = (self.size,) * self.spatial_dims
         axis = np.linspace(-1 + 1 / self.size, 1 - 1 / self.size, self.size, dtype=np.float32)  # pixel centres
         yxz = np.meshgrid(*(axis,) * self.spatial_dims, indexing="ij")  # [H, W(, D)]: y rows, x columns, z slices
         grid = [yxz[1].reshape(1, -1), yxz[0].reshape(1, -1),
                 yxz[2].reshape(1, -1) if self.spatial_dims == 3 else np.zeros((1, 1), np.float32)]
-        n = len(self._subjects["label"])
-        rng = _streams(seed, self.split)[3]
+        n = len(subjects["label"])
+        rng = _streams(seed, self.split, domain)[3]
         image, target = np.empty((2, n, grid[0].size), np.float32)
         step = max(1, _CHUNK_VOXELS // grid[0].size)
         for a in range(0, n, step):
-            chunk = {k: v[a:a + step] for k, v in self._subjects.items()}
+            chunk = {k: v[a:a + step] for k, v in subjects.items()}
             image[a:a + step], target[a:a + step] = render_subjects(chunk, grid, self.size, noise_std,
                                                                     bias_strength, rng)
         return torch.from_numpy(image).view(n, 1, *shape), torch.from_numpy(target).view(n, 1, *shape)
@@ -330,6 +351,10 @@ class PhantomDataset(torch.utils.data.Dataset):
     def covariates(self) -> dict[str, np.ndarray]:
         """Per-subject `label` (int64), `sex` (int64) and `age` (float64) of the split, each [n]."""
         return {k: self._subjects[k].copy() for k in ("label", "sex", "age")}
+
+    def target_labels(self) -> np.ndarray:
+        """Lesion label (int64 [n]) of each item's `target`: the source's unless the split is unpaired."""
+        return self._target_label.copy()
 
     def __len__(self) -> int:
         return len(self._subjects["label"])
@@ -339,9 +364,25 @@ class PhantomDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} subjects")
         i = i % len(self)
         s = self._subjects
-        return {"image": self.image[i].clone(), "target": self.target[i].clone(),  # clones: the cache stays intact
+        item = {"image": self.image[i].clone(), "target": self.target[i].clone(),  # clones: the cache stays intact
                 "label": int(s["label"][i]), "attrs": {"sex": int(s["sex"][i]), "age": float(s["age"][i])},
                 "id": f"phantom-{self.split}-{i:05d}"}
+        if not self.paired_truth:
+            item["target_label"] = int(self._target_label[i])
+        return item
+
+
+def _check_unpaired(unpaired: bool, target_lesion_prevalence: float | None, lesion_prevalence: float) -> float:
+    """The target domain's prevalence; a ValueError naming the argument when it cannot apply."""
+    if target_lesion_prevalence is None:
+        return float(lesion_prevalence)
+    if not unpaired:
+        raise ValueError("PhantomDataset: target_lesion_prevalence needs unpaired=True (paired targets are the same "
+                         f"subjects as the sources), got {target_lesion_prevalence!r}")
+    if isinstance(target_lesion_prevalence, bool) or not 0 <= target_lesion_prevalence <= 1:
+        raise ValueError(f"PhantomDataset: target_lesion_prevalence must be a number in [0, 1] or None, got "
+                         f"{target_lesion_prevalence!r}")
+    return float(target_lesion_prevalence)
 
 
 def _check_planted(planted: dict[str, list[float]]) -> None:

@@ -11,6 +11,9 @@ TRAIN_LOSS_G = "train/loss_g"
 TRAIN_LOSS_D = "train/loss_d"
 TRAIN_LOSS_RECON = "train/loss_recon"
 TRAIN_LOSS_KL = "train/loss_kl"
+TRAIN_LOSS_CYCLE = "train/loss_cycle"  # CycleGAN: L1 of A -> B -> A and B -> A -> B to the input
+TRAIN_LOSS_IDENTITY = "train/loss_identity"  # CycleGAN: L1 of G_AB(b) to b and G_BA(a) to a
+TRAIN_LOSS_STRUCTURE = "train/loss_structure"  # CycleGAN: 1 - gradient correlation of input and output, both ways
 SKIPPED_STEPS = "train/skipped_steps"  # trainer.nonfinite=skip: optimizer steps dropped for a NaN/Inf loss or gradient
 LATENT_SCALE = "train/latent_scale"  # LDM: 1/std of the autoencoder latents, estimated at fit start
 
@@ -45,6 +48,12 @@ MAE_HU = "val/mae_hu"
 PSNR_HU = "val/psnr_hu"
 SSIM_HU = "val/ssim_hu"
 MAE_HU_IDENTITY = "val/mae_hu_identity"  # the identity mapping (source read as target), the baseline to beat
+# Unpaired translation (metrics/structure.py, metrics/lesions.py): input vs output, no paired truth needed.
+EDGE_SSIM = "val/edge_ssim"  # SSIM of the gradient-magnitude maps of input and output: structure kept, 1 = all
+LESION_PRESERVED_RATE = "val/lesion_preserved_rate"  # inputs with a lesion whose output the reader reads as lesion
+LESION_APPEARED_RATE = "val/lesion_appeared_rate"  # inputs without a lesion whose output the reader reads as lesion
+LESION_N_POSITIVE = "val/lesion_n_positive"  # inputs with a lesion behind the preserved rate
+LESION_N_NEGATIVE = "val/lesion_n_negative"  # inputs without one behind the appeared rate
 
 # Reader studies (`synthmed reader-study analyze`), on the report's child run; pooled over all readings.
 READER_ACCURACY = "reader_study/accuracy"  # share of readings right about real vs synthetic: target 0.5, not a direction

@@ -1,6 +1,7 @@
 """What adversarial training shares across families (gan.py, the VAE's optional patch loss in vae.py).
 
-- the losses: hinge (Lim & Ye 2017; Miyato et al. 2018) and non-saturating (Goodfellow et al. 2014);
+- the losses: hinge (Lim & Ye 2017; Miyato et al. 2018), non-saturating (Goodfellow et al. 2014) and least squares
+  (LSGAN, Mao et al. 2017, CycleGAN's choice);
 - the R1 gradient penalty on real images (Mescheder et al. 2018), lazily every k steps (Karras et al. 2020);
 - DiffAugment (Zhao et al. 2020): the same differentiable augmentations on real and fake images before D;
 - `step_uncounted`: the discriminator's optimizer step without advancing `trainer.global_step`.
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSSES = ("hinge", "non_saturating")
+LOSSES = ("hinge", "non_saturating", "lsgan")
 
 
 def check_loss(loss: str) -> str:
@@ -28,11 +29,15 @@ def d_loss(loss: str, real: Tensor, fake: Tensor) -> Tensor:
     """Discriminator loss from its raw scores on real and fake inputs (any shape; patch maps are averaged)."""
     if loss == "hinge":
         return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    if loss == "lsgan":  # real -> 1, fake -> 0; halved as in CycleGAN so D learns slower than G
+        return 0.5 * ((real - 1.0).pow(2).mean() + fake.pow(2).mean())
     return F.softplus(-real).mean() + F.softplus(fake).mean()
 
 
 def g_loss(loss: str, fake: Tensor) -> Tensor:
     """Generator loss from the discriminator's raw scores on fake inputs."""
+    if loss == "lsgan":
+        return (fake - 1.0).pow(2).mean()
     return -fake.mean() if loss == "hinge" else F.softplus(-fake).mean()
 
 

@@ -34,6 +34,9 @@ class Translator(GenerativeModule):
     """
 
     requires_source = True  # sample() translates cond["source"]
+    directions: tuple[str, ...] = ("a2b",)  # a2b: source -> target; unpaired translators (CycleGAN) also b2a
+    direction: str = "a2b"  # what sample() translates; set_direction() changes it
+    learns_unpaired: bool = False  # True: trains on unpaired items (CycleGAN); False: needs registered pairs
 
     def __init__(self, name: str, image_shape: Sequence[int], optimizer: OptimizerFactory,
                  ema_decay: float | None = None, sample_batch_size: int = 16, grad_clip_norm: float | None = None,
@@ -46,6 +49,17 @@ class Translator(GenerativeModule):
         if mask_dilate < 0:
             raise ValueError(f"mask_dilate must be >= 0, got {mask_dilate}")
         self.mask_threshold, self.mask_dilate = mask_threshold, mask_dilate
+
+    def set_direction(self, direction: str) -> None:
+        """Translate `a2b` (source -> target, as trained) or, for translators that learn both ways, `b2a`."""
+        if direction not in self.directions:
+            raise ValueError(f"direction must be one of {self.directions} for {type(self).__name__}, got "
+                             f"{direction!r}")
+        self.direction = direction
+
+    def input_channels(self) -> int:
+        """Channels of what sample() translates in the current direction."""
+        return self.source_channels if self.direction == "a2b" else self.image_shape[0]
 
     # ---- the source ------------------------------------------------------------------------------------------
     @staticmethod
@@ -65,7 +79,7 @@ class Translator(GenerativeModule):
             raise ValueError(f"{type(self).__name__}.sample() translates images: pass cond={{'source': x}} with x "
                              f"[n, {self.source_channels}, *spatial] (for a split's sources: "
                              "synthmed.evaluation.step.source_request)")
-        want = (n, self.source_channels, *self.image_shape[1:])
+        want = (n, self.input_channels(), *self.image_shape[1:])
         if tuple(source.shape) != want:
             raise ValueError(f"cond['source'] must be [n, C_src, *spatial] = {list(want)}, got {list(source.shape)}")
         return super().sample(n, generator, cond, offset)
@@ -81,10 +95,21 @@ class Translator(GenerativeModule):
                              "translation metrics in native units need it")
         return dict(record)
 
-    def log_translation_metrics(self, batch: dict, batch_idx: int) -> dict[str, float]:
-        """Translate a val batch (fixed generator per batch) and log MAE/PSNR/SSIM in native units (HU)."""
+    def has_paired_truth(self, split: str) -> bool:
+        """False when the data set says its `split` pairs are not the same subjects (`paired_truth`, e.g.
+        dataset=unpaired): HU metrics against such a `target` would be meaningless. Paired data sets say nothing."""
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "split"):  # loaders passed directly: nothing to ask
+            return True
+        return bool(getattr(datamodule.split(split), "paired_truth", True))
+
+    def log_translation_metrics(self, batch: dict, batch_idx: int, pred: Tensor | None = None) -> dict[str, float]:
+        """Translate a val batch (fixed generator per batch; or take its translation `pred`) and log MAE/PSNR/SSIM
+        in native units (HU)."""
         source, target = self.pair(batch)
-        pred = self.sample(len(source), generator=torch.Generator().manual_seed(batch_idx), cond={"source": source})
+        if pred is None:
+            pred = self.sample(len(source), generator=torch.Generator().manual_seed(batch_idx),
+                               cond={"source": source})
         identity = source if source.shape == target.shape else None  # the baseline needs equal channels
         values = translation_metrics(pred, target, identity, self.target_intensity(), self.mask_threshold,
                                      self.mask_dilate)
@@ -95,6 +120,10 @@ class Translator(GenerativeModule):
         self.log_translation_metrics(batch, batch_idx)
 
     def on_fit_start(self) -> None:
+        if not self.learns_unpaired and not self.has_paired_truth("train"):
+            raise ValueError(f"{type(self).__name__} learns from registered pairs, but this data set's training "
+                             "targets are other subjects' images (paired_truth=False: dataset=phantom2d_unpaired or "
+                             "unpaired); use model=cyclegan, or a paired data set (phantom2d_pairs, paired_nifti)")
         if not hasattr(self.trainer.datamodule, "target_intensity"):
             log.warning("%s: the datamodule is not paired (synthmed.data.paired_nifti.PairedDataModule), so the "
                         "generation metrics (FID, ...) compare translations with its `image`s, the sources; use "
