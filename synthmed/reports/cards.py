@@ -106,8 +106,9 @@ def numbers(doc, depth: int = 3):
 def export_record(client: MlflowClient, restored) -> dict:
     """The run record of a restored run (`tracking.restore.Restored`) plus its data set's name."""
     record = run_record(client, restored.run.info.run_id)
-    name = restored.dataset.get("name")
-    return record | {"dataset": name if safe(name or "") else None}
+    name, n = restored.dataset.get("name"), restored.dataset.get("n_train")
+    return record | {"dataset": name if safe(name or "") else None,
+                     "n_train": int(n) if isinstance(n, (int, float)) else None}
 
 
 # ------------------------------------------------------------------------------------------------- dataset cards
