@@ -58,10 +58,12 @@ def run_record(client: MlflowClient, run_id: str) -> dict:
                 "model_family": t.get(tk.MODEL_FAMILY), "config_hash": t.get(tk.CONFIG_HASH),
                 "training_data_fingerprint": t.get(tk.DATASET_FINGERPRINT), "git_sha": t.get(tk.GIT_SHA),
                 "synthmed_version": t.get(tk.VERSION), "status": run.info.status}
-    provenance = {k.removeprefix(tk.PREFIX): v for k, v in sorted(t.items())
-                  if k.startswith(tk.PREFIX) and "." in k.removeprefix(tk.PREFIX) and safe(v)
-                  and not k.startswith((tk.PREFIX + "export.", tk.PREFIX + "sweep"))}
     metrics = {k: v for k, v in sorted(run.data.metrics.items()) if safe(v)}
+    # Provenance of the logged metrics only (`synthmed.fid.weights_sha256` for `val/fid`): a whitelist by metric
+    # family, so no other tag (whatever a user or a data reader set) reaches a card.
+    families = {k.split("/")[-1] for k in metrics} | {"memorization", "fid"}
+    provenance = {k.removeprefix(tk.PREFIX): v for k, v in sorted(t.items())
+                  if k.startswith(tk.PREFIX) and k.removeprefix(tk.PREFIX).split(".")[0] in families and safe(v)}
     record = {**{k: v for k, v in identity.items() if v is None or safe(v)}, "metrics": metrics,
               "metric_provenance": provenance, "reports": {}}
     for kind, artifact in REPORT_ARTIFACTS.items():
