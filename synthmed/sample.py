@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from synthmed.config import CONF_DIR, instantiate, register_resolvers
 from synthmed.data import export
-from synthmed.evaluation.gate import MODES, GatedBatch, build_gate, encoder_settings, gated_batch
+from synthmed.evaluation.gate import MODES, GatedBatch, GateRefused, build_gate, encoder_settings, gated_batch
 from synthmed.io import atomic_write
 from synthmed.metrics.privacy_gate import DISCLAIMER, GateSettings
 from synthmed.models.conditioning import check_request, requested, set_guidance
@@ -35,6 +35,7 @@ from synthmed.viz import image_grid, save_png
 
 log = logging.getLogger(__name__)
 FORMATS = ("png", "nifti", "dicom")
+REPORT = "privacy_report.json"
 
 
 def write_one(image: torch.Tensor, out: Path, index: int, fmt: str, restored: Restored, meta: dict) -> Path:
@@ -63,9 +64,9 @@ def check_request_args(cfg: DictConfig) -> tuple[Path, Path]:
     if cfg.gate not in MODES:
         raise ValueError(f"gate must be one of {MODES}, got '{cfg.gate}'")
     out, audit = Path(cfg.out).resolve(), Path(cfg.privacy.audit_dir).resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"out={out} exists and is not an empty folder: an export is written as a whole into "
-                              f"a new folder; choose another out=")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / REPORT).is_file():
+        raise FileExistsError(f"out={out} exists and is neither empty nor an earlier export (no {REPORT}): an "
+                              f"export replaces a folder as a whole; choose another out=")
     if audit == out or out in audit.parents:
         raise ValueError(f"privacy.audit_dir={audit} lies inside out={out}: the audit pairs show real training "
                          f"images and must stay outside the shared folder")
@@ -131,13 +132,18 @@ def sample(cfg: DictConfig) -> list[Path]:
     cond = requested(spec.get("label"), spec.get("attrs"), cfg.n, cfg.seed)
     check_request(restored.model.conditioning, cond)  # before anything is drawn or written
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    pairs_file = audit_dir / f"{base['run_id']}-{stamp}-pairs.png"
     try:
         batch, split = audited_batch(cfg, restored, cond)
-    except Exception as err:
-        _record_on_run(client, base["run_id"], {"gate": cfg.gate, "refused": str(err)}, stamp)
+    except GateRefused as err:  # nothing written to out=; the run keeps the decision, the audit folder the pairs
+        err.report["refused"] = str(err)
+        if err.pairs is not None:
+            _write_pairs(err.pairs, pairs_file)
+            err.report["top_pairs_image"] = str(pairs_file)
+        _record_on_run(client, base["run_id"], {"gate": cfg.gate, **err.report}, stamp)
         raise
     report = privacy_report(batch, split, base, cfg)
-    pairs = _write_pairs(batch, audit_dir / f"{base['run_id']}-{stamp}-pairs.png")
+    pairs = _write_pairs(batch.pairs, pairs_file) if batch.pairs is not None else None
     if pairs:
         report["top_pairs_image"] = "kept outside the export folder (it shows real training images)"
     paths = write_export(out, batch, cond, base, restored, cfg.format, report, cards.export_record(client, restored))
@@ -178,23 +184,31 @@ def write_export(out: Path, batch: GatedBatch, cond: dict, base: dict, restored:
             if cond:
                 meta["cond"] = {k: v[pos].item() for k, v in cond.items()}
             write_one(image, tmp, pos, fmt, restored, meta)
-        atomic_write(tmp / "privacy_report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+        atomic_write(tmp / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
         cards.write_dataset_cards(tmp, record, report, fmt, len(batch.indices))
-        if out.exists():  # an empty folder (checked up front) is replaced
-            out.rmdir()
-        os.replace(tmp, out)
+        _swap_in(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return sorted(p for p in out.iterdir() if p.name.startswith("sample_") and not p.name.endswith(".json"))
 
 
-def _write_pairs(batch: GatedBatch, path: Path) -> Path | None:
-    """The closest (sample, training image) pairs as one picture, outside the export folder."""
-    if batch.pairs is None:
-        return None
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished export to `out`; an empty folder or an earlier export there (checked up front) is moved
+    aside first and deleted after, so `out` always holds one whole export."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.old"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _write_pairs(pairs: torch.Tensor, path: Path) -> Path:
+    """The closest (sample, training image) pairs `[2k, C, *spatial]` as one picture, outside the export folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_png(image_grid(batch.pairs, nrow=2), path)
+    return save_png(image_grid(pairs, nrow=2), path)
 
 
 def _record_on_run(client, run_id: str, report: dict, stamp: str) -> None:

@@ -103,9 +103,10 @@ def test_a_copying_model_is_refused_and_nothing_is_written(smoke, tmp_path, monk
         export(root, run, out)
     assert list(tmp_path.iterdir()) == []  # refused: no folder, no partial or temporary one
     logged = [a.path for a in client.list_artifacts(run.info.run_id, "exports")]
-    refused = [json.loads(client.download_artifacts(run.info.run_id, p, str(tmp_path / "dl")) and
-                          open(tmp_path / "dl" / p.split("/")[-1]).read()) for p in logged]
-    assert any("refused" in r for r in refused)
+    refused = [r for r in (json.loads(open(client.download_artifacts(run.info.run_id, p, str(tmp_path.parent / "dl")))
+                                      .read()) for p in logged) if "refused" in r]
+    assert refused and refused[0]["n_flagged"] == 6 and not refused[0]["passed"]  # the run keeps the decision
+    assert refused[0]["top_pairs_image"].startswith(str(root / "privacy_audit"))
 
 
 def test_gate_off_is_asked_for_and_recorded_in_export_and_run(smoke, tmp_path):
@@ -114,10 +115,16 @@ def test_gate_off_is_asked_for_and_recorded_in_export_and_run(smoke, tmp_path):
     export(root, run, out, "gate=off")
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["gate"] == "off" and report["audited"] is False and "NOT audited" in report["statement"]
-    assert "NOT audited" in (out / "DATASET_CARD.md").read_text()
+    head, body = front_matter((out / "DATASET_CARD.md").read_text())
+    assert "NOT audited" in body and head["privacy_gate"]["mode"] == "off"
+    assert head["training_data"]["n_images"] == 512  # from the run's data/dataset.json: no audit read the split
     assert client.get_run(run.info.run_id).data.tags[tk.EXPORT_GATE] == "off"
-    with pytest.raises(FileExistsError, match="not an empty folder"):  # refused before any model is loaded
-        export(root, run, out, "gate=off")
+    export(root, run, out, "n=2")  # an earlier export is replaced as a whole
+    assert len(list(out.glob("sample_*.png"))) == 2 and json.loads((out / "privacy_report.json").read_text())["passed"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's own file")
+    with pytest.raises(FileExistsError, match="neither empty nor an earlier export"):  # before any model is loaded
+        export(root, run, tmp_path / "mine")
     with pytest.raises(ValueError, match="gate must be one of"):
         export(root, run, tmp_path / "x", "gate=maybe")
 

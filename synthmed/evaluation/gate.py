@@ -22,7 +22,16 @@ MODES = ("refuse", "filter", "warn", "off")
 
 
 class GateRefused(RuntimeError):
-    """The gate stopped an export; the message says how many samples were flagged and why."""
+    """The gate stopped an export; the message says how many samples were flagged and why.
+
+    Attributes:
+        report: the audit's report (JSON-able), for the run's record.
+        pairs: the closest (sample, training image) pairs ``[2k, C, *spatial]`` (real patients: never shared).
+    """
+
+    def __init__(self, message: str, report: dict | None = None, pairs: Tensor | None = None):
+        super().__init__(message)
+        self.report, self.pairs = report or {}, pairs
 
 
 @dataclass
@@ -51,9 +60,9 @@ def build_gate(datamodule, settings: GateSettings, encoder: D.EncoderSettings | 
         The gate and a record of the training split (fingerprint, size, content digest) for the report.
     """
     train, heldout = datamodule.images("train"), datamodule.images("val")
-    if len(heldout) < 2:
-        raise ValueError(f"the privacy gate calibrates on the validation split, which has {len(heldout)} image(s); "
-                         f"it needs >= 2 (give the data set a larger val split, or pass gate=off to export unaudited)")
+    if len(heldout) < 1:
+        raise ValueError("the privacy gate calibrates on the validation split, which is empty: give the data set a val "
+                         "split (e.g. dataset.datamodule.dataset.val_fraction), or pass gate=off to export unaudited")
     digest = tensor_digest(train)
     embed = None
     if encoder is not None:
@@ -89,13 +98,13 @@ def gated_batch(draw: Callable[[list[int], list[int]], Tensor], n: int, gate: Pr
     if mode == "filter":
         images, indices, audit, counts = _filter(draw, images, indices, gate, audit, max_rounds)
     report = {"gate": mode, "audited": True, **gate.report(audit, top_k)}
+    order = audit.pixel_distance.argsort()[:top_k]
+    pairs = torch.stack([img for i in order for img in (images[i], gate.train[audit.pixel_index[i]])])
     if mode == "filter":
         report["filter"] = counts | {"first_draw": {k: first[k] for k in ("passed", "reasons", "n_flagged",
                                                                             "rate_tests", "cap")}}
     elif mode == "refuse" and not audit.passed:
-        raise GateRefused(refusal(audit.reasons(), int(audit.flagged.sum()), n))
-    order = audit.pixel_distance.argsort()[:top_k]
-    pairs = torch.stack([img for i in order for img in (images[i], gate.train[audit.pixel_index[i]])])
+        raise GateRefused(refusal(audit.reasons(), int(audit.flagged.sum()), n), report, pairs)
     return GatedBatch(images, indices, report, pairs)
 
 
@@ -111,7 +120,9 @@ def _filter(draw, images: Tensor, indices: list[int], gate: PrivacyGate, audit, 
         if rounds == max_rounds:
             raise GateRefused(refusal(audit.reasons() or ["flagged samples remain"], int(audit.flagged.sum()),
                                       len(indices)) + f" (gate=filter gave up after {max_rounds} redraw rounds; "
-                                      f"privacy.max_rounds sets how many)")
+                                      f"privacy.max_rounds sets how many)",
+                              {"gate": "filter", **gate.report(audit), "filter": {"dropped": dropped,
+                                                                                "rounds": rounds}})
         bad = audit.flagged.nonzero().flatten().tolist()
         fresh = list(range(next_index, next_index + len(bad)))
         images[bad] = draw(fresh, bad)

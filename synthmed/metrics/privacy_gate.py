@@ -98,7 +98,7 @@ class Calibration:
     n_heldout: int
     rank: int  # thresholds are the rank-th most extreme held-out value ...
     expected_rate: float  # ... so a non-copying model is flagged at rank / (n_heldout + 1) on average
-    pixel_threshold: float  # RMS distance, [-1, 1] units: flagged below
+    pixel_threshold: float | None  # RMS distance, [-1, 1] units: flagged below (None: skipped)
     cap_distance: float  # samples nearer than this to their nearest training image count towards the cap
     embed_threshold: float | None  # cosine similarity: flagged above (None: no encoder)
     copy_threshold: float  # shift-tolerant correlation: flagged above
@@ -189,17 +189,21 @@ class PrivacyGate:
 
     def __init__(self, train: Tensor, heldout: Tensor, settings: GateSettings = GateSettings(),
                  embed: Callable[[Tensor], Tensor] | None = None):
-        if heldout.shape[0] < 2 or train.shape[0] < 1:
-            raise ValueError(f"the privacy gate needs >= 1 training and >= 2 held-out images to calibrate, got "
+        if heldout.shape[0] < 1 or train.shape[0] < 1:
+            raise ValueError(f"the privacy gate needs >= 1 training and >= 1 held-out image to calibrate, got "
                              f"{train.shape[0]} and {heldout.shape[0]}")
         if heldout.shape[1:] != train.shape[1:]:
             raise ValueError(f"held-out images {tuple(heldout.shape[1:])} differ from training images "
                              f"{tuple(train.shape[1:])}")
-        self.train, self.settings, self.embed = train.float(), settings, embed
         k = heldout.shape[0]
+        # One held-out image cannot place a threshold (its rank would be an expected rate of 1/2): the statistical
+        # detectors are then skipped, with the reason in the report; the hard rule and the cap still apply.
+        self.skipped = None if k >= 2 else f"needs >= 2 held-out (validation) images to calibrate, got {k}"
+        embed = embed if self.skipped is None else None
+        self.train, self.settings, self.embed = train.float(), settings, embed
         self.rank = max(1, round(settings.quantile * (k + 1)))  # threshold = the rank-th most extreme held-out value
         held_nn = nearest_neighbours(heldout, self.train)
-        pixel_threshold = float(held_nn.distance.double().sort().values[self.rank - 1])
+        pixel_threshold = float(held_nn.distance.double().sort().values[self.rank - 1]) if k >= 2 else None
         self.train_features = embed(self.train) if embed else None
         embed_threshold = None
         if embed:
@@ -230,7 +234,7 @@ class PrivacyGate:
                              f"{tuple(self.train.shape[1:])}")
         c, s = self.calibration, self.settings
         nn = nearest_neighbours(samples.float(), self.train)
-        pixel_flag = nn.distance < c.pixel_threshold
+        pixel_flag = nn.distance < (-math.inf if c.pixel_threshold is None else c.pixel_threshold)
         e_index = e_sim = e_flag = None
         if self.embed:
             e_sim, e_index = nearest_cosine(self.embed(samples.float()), self.train_features)
@@ -242,7 +246,7 @@ class PrivacyGate:
         over_cap, most = _over_cap(torch.where(near, nn.index, -1 - torch.arange(n)), cap)  # far: own bucket
         audit = Audit(nn.index, nn.distance, pixel_flag, e_index, e_sim, e_flag, index, score, score > c.copy_threshold,
                       cap, over_cap, most)
-        flags = {"pixel": pixel_flag, **({"embedding": e_flag} if e_flag is not None else {})}
+        flags = {} if self.skipped else {"pixel": pixel_flag, **({"embedding": e_flag} if e_flag is not None else {})}
         audit.tests = [rate_test(name, int(f.sum()), n, c.rank, c.n_heldout, s.alpha / len(flags), s.power)
                        for name, f in flags.items()]
         return audit
@@ -267,6 +271,9 @@ class PrivacyGate:
                                f"{c.heldout_max_copy_score:.6g}",
                 "calibration_copies_caught": c.copy_recall, "flagged": int(audit.copy_flag.sum())},
         }
+        if self.skipped:
+            detectors["pixel_nearest_neighbour"] = {"skipped": self.skipped}
+            detectors["embedding_cosine"] = {"skipped": self.skipped}
         if audit.embed_flag is not None:
             detectors["embedding_cosine"] = {
                 "statistic": "cosine similarity to the nearest training image in the in-domain encoder's features",

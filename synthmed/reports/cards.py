@@ -121,6 +121,11 @@ def write_dataset_cards(folder: Path, record: dict, report: dict, fmt: str, n: i
     atomic_write(folder / "croissant.json", json.dumps(croissant(record, report, fmt, n, sha), indent=2) + "\n")
 
 
+def _n_train(record: dict, report: dict) -> int | None:
+    """Training images: as audited (the gate read the whole split), else as the run recorded them."""
+    return (report.get("training_split") or {}).get("n_images") or record.get("n_train")
+
+
 def _title(record: dict) -> str:
     return f"Synthetic {record.get('dataset') or 'medical'} images from synthmed run {record.get('run_name')}"
 
@@ -158,8 +163,7 @@ def dataset_card(record: dict, report: dict, fmt: str, n: int) -> str:
              "annotations_creators": ["machine-generated"], "source_datasets": ["synthetic"],
              "synthetic": True, "generator": {k: record.get(k) for k in
                                               ("run_id", "run_name", "model", "model_family", "config_hash")},
-             "training_data": {"fingerprint": record.get("training_data_fingerprint"),
-                               "n_images": (report.get("training_split") or {}).get("n_images")},
+             "training_data": {"fingerprint": record.get("training_data_fingerprint"), "n_images": _n_train(record, report)},
              "privacy_gate": {"mode": report.get("gate"), "passed": report.get("passed"),
                               "n_flagged": report.get("n_flagged"), "n_samples": n}}
     metrics = "\n".join(f"| `{k}` | {v:.6g} |" for k, v in record["metrics"].items()) or "| (none logged) | |"
@@ -182,7 +186,7 @@ JSON sidecar with the run id, config hash, seed and sample index that reproduce 
   (`{record.get('run_name')}`), config hash `{record.get('config_hash')}`, synthmed {record.get('synthmed_version')},
   git {record.get('git_sha')}
 - **Training data:** fingerprint `{record.get('training_data_fingerprint')}`,
-  {(report.get('training_split') or {}).get('n_images', 'unknown (not audited)')} training images
+  {_n_train(record, report) or 'unknown'} training images
 - **License:** the terms of the training data apply; ask its owner before sharing further.
 
 ## Uses
