@@ -136,6 +136,10 @@ def _privacy_line(report: dict) -> str:
     line = f"gate={report['gate']}: {report['n_flagged']} of {report['n_samples']} samples flagged"
     if "filter" in report:
         line += f" after {report['filter']['dropped']} flagged draws were dropped and redrawn"
+        first = report["filter"].get("first_draw", {})
+        if first and not first.get("passed"):
+            line += (" (the FIRST DRAW FAILED the gate: " + "; ".join(first.get("reasons", [])) + "; the model "
+                     "copies, and filtering only removed the samples it flagged)")
     return line + ("; passed" if report["passed"] else "; FAILED: " + "; ".join(report["reasons"])) + "."
 
 
