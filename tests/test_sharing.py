@@ -71,6 +71,9 @@ def test_a_passing_export_lands_whole_with_report_and_cards(smoke, tmp_path):
     dataset = mlc.Dataset(jsonld=out / "croissant.json")  # raises on a Croissant validation error; offline
     meta = json.loads((out / "croissant.json").read_text())
     assert dataset.metadata.name == meta["name"] and "Synthetic data" in meta["rai:dataCollectionType"]
+    assert not dataset.metadata.ctx.issues.warnings
+    records = list(dataset.records("samples"))  # mlcroissant reads the images the metadata describes
+    assert len(records) == 6 and records[0]["samples/image"].size == (16, 16)
     for key in ("rai:dataBiases", "rai:dataLimitations", "rai:dataUseCases", "rai:personalSensitiveInformation"):
         assert meta[key]
     assert run.info.run_id in meta["description"]

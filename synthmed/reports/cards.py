@@ -110,7 +110,8 @@ def export_record(client: MlflowClient, restored) -> dict:
     record = run_record(client, restored.run.info.run_id)
     name, n = restored.dataset.get("name"), restored.dataset.get("n_train")
     return record | {"dataset": name if safe(name or "") else None,
-                     "n_train": int(n) if isinstance(n, (int, float)) else None}
+                     "n_train": int(n) if isinstance(n, (int, float)) else None,
+                     "spatial_dims": int(restored.cfg.dataset.get("spatial_dims", 2))}
 
 
 # ------------------------------------------------------------------------------------------------- dataset cards
@@ -259,6 +260,8 @@ CONTEXT = {
 def croissant(record: dict, report: dict, fmt: str, n: int, report_sha256: str) -> dict:
     """Croissant 1.0 JSON-LD of an export folder, with the responsible-AI (`rai:`) fields."""
     mime, pattern = FORMATS[fmt]
+    if fmt == "dicom" and record.get("spatial_dims") == 3:  # a volume is a series folder of slices
+        pattern = "sample_*/IM*.dcm"
     name = f"synthmed-{record.get('run_name')}-synthetic"
     field = lambda fid, dtype, prop: {"@type": "cr:Field", "@id": f"samples/{fid}", "name": fid,  # noqa: E731
                                       "dataType": dtype, "source": {"fileSet": {"@id": "images"},
