@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -18,11 +17,18 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from synthmed.config import CONF_DIR, instantiate, register_resolvers
 from synthmed.data import export
-from synthmed.evaluation.gate import MODES, GatedBatch, GateRefused, build_gate, encoder_settings, gated_batch
+from synthmed.evaluation.gate import (
+    MODES,
+    GatedBatch,
+    GateRefused,
+    build_gate,
+    encoder_settings,
+    gated_batch,
+    model_drawer,
+)
 from synthmed.io import atomic_write
 from synthmed.metrics.privacy_gate import DISCLAIMER, GateSettings
 from synthmed.models.conditioning import check_request, requested, set_guidance
@@ -73,41 +79,9 @@ def check_request_args(cfg: DictConfig) -> tuple[Path, Path]:
     return out, audit
 
 
-def drawer(cfg: DictConfig, restored: Restored, cond: dict):
-    """`draw(indices, positions)`: samples of the given draw indices, each with the request of its batch position."""
-    model = restored.model
-
-    def draw(indices: list[int], positions: list[int]) -> torch.Tensor:
-        parts = []
-        with tqdm(total=len(indices), desc="sampling", unit="img") as bar:
-            for start in range(0, len(indices), cfg.batch_size):
-                chunk = indices[start:start + cfg.batch_size]
-                pos = positions[start:start + cfg.batch_size]
-                sub = {k: v[pos] for k, v in cond.items()} if cond else None
-                parts.append(_draw_runs(model, chunk, cfg.seed, sub))
-                bar.update(len(chunk))
-        return torch.cat(parts)
-
-    return draw
-
-
-def _draw_runs(model, indices: list[int], seed: int, cond: dict | None) -> torch.Tensor:
-    """Samples of `indices`, drawn in runs of consecutive indices: sample i depends only on (seed, i) (base.sample)."""
-    out, start = [], 0
-    while start < len(indices):
-        stop = start + 1
-        while stop < len(indices) and indices[stop] == indices[stop - 1] + 1:
-            stop += 1
-        sub = {k: v[start:stop] for k, v in cond.items()} if cond else None
-        out.append(model.sample(stop - start, generator=torch.Generator().manual_seed(seed), cond=sub,
-                                offset=indices[start]).cpu())
-        start = stop
-    return torch.cat(out)
-
-
 def audited_batch(cfg: DictConfig, restored: Restored, cond: dict) -> tuple[GatedBatch, dict | None]:
     """The batch that passed `cfg.gate`, and the training split record (None with gate=off)."""
-    draw = drawer(cfg, restored, cond)
+    draw = model_drawer(restored.model, cfg.seed, cfg.batch_size, cond)
     if cfg.gate == "off":
         log.warning("gate=off: exporting %d samples WITHOUT a memorization audit (recorded in the export and run)",
                     cfg.n)
@@ -186,23 +160,11 @@ def write_export(out: Path, batch: GatedBatch, cond: dict, base: dict, restored:
             write_one(image, tmp, pos, fmt, restored, meta)
         atomic_write(tmp / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
         cards.write_dataset_cards(tmp, record, report, fmt, len(batch.indices))
-        _swap_in(tmp, out)
+        export.replace_dir(tmp, out)  # an empty folder or an earlier export (checked up front) is replaced
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return sorted(p for p in out.iterdir() if p.name.startswith("sample_") and not p.name.endswith(".json"))
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename the finished export to `out`; an empty folder or an earlier export there (checked up front) is moved
-    aside first and deleted after, so `out` always holds one whole export."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.old"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def _write_pairs(pairs: torch.Tensor, path: Path) -> Path:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from synthmed.data.datamodule import covariates
 from synthmed.metrics import domain as D
@@ -42,6 +43,37 @@ class GatedBatch:
     indices: list[int]
     report: dict
     pairs: Tensor | None  # the closest (sample, training image) pairs ``[2k, C, *spatial]``; shows real patients
+
+
+def model_drawer(model, seed: int, batch_size: int, cond: dict | None):
+    """`draw(indices, positions)` for `gated_batch`: samples of the given draw indices, `batch_size` per forward
+    pass, each with the request (condition) of its batch position."""
+
+    def draw(indices: list[int], positions: list[int]) -> Tensor:
+        parts = []
+        with tqdm(total=len(indices), desc="sampling", unit="img") as bar:
+            for start in range(0, len(indices), batch_size):
+                chunk, pos = indices[start:start + batch_size], positions[start:start + batch_size]
+                sub = {k: v[pos] for k, v in cond.items()} if cond else None
+                parts.append(_draw_runs(model, chunk, seed, sub))
+                bar.update(len(chunk))
+        return torch.cat(parts)
+
+    return draw
+
+
+def _draw_runs(model, indices: list[int], seed: int, cond: dict | None) -> Tensor:
+    """Samples of `indices` drawn in runs of consecutive indices: sample i depends only on (seed, i) (base.sample)."""
+    out, start = [], 0
+    while start < len(indices):
+        stop = start + 1
+        while stop < len(indices) and indices[stop] == indices[stop - 1] + 1:
+            stop += 1
+        sub = {k: v[start:stop] for k, v in cond.items()} if cond else None
+        out.append(model.sample(stop - start, generator=torch.Generator().manual_seed(seed), cond=sub,
+                                offset=indices[start]).cpu())
+        start = stop
+    return torch.cat(out)
 
 
 def encoder_settings(metrics: Mapping | None) -> D.EncoderSettings:
