@@ -63,8 +63,25 @@ def write_one(image: torch.Tensor, out: Path, index: int, fmt: str, restored: Re
     return path
 
 
+GATE_ONLY = ("embedding", "max_rounds", "top_k", "audit_dir")  # privacy.* keys that are not GateSettings fields
+
+
+def gate_settings(cfg: DictConfig) -> GateSettings:
+    """`privacy.*` as GateSettings; a bad value is refused (naming its key) before any model is loaded."""
+    p = OmegaConf.to_container(cfg.privacy, resolve=True)
+    fields = {k: v for k, v in p.items() if k not in GATE_ONLY}
+    unknown = sorted(set(fields) - set(GateSettings.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"privacy: unknown keys {unknown}; valid: {sorted(GateSettings.__dataclass_fields__)} "
+                         f"and {list(GATE_ONLY)}")
+    return GateSettings(**fields)
+
+
 def check_request_args(cfg: DictConfig) -> tuple[Path, Path]:
     """Everything that can be refused before a model is loaded: format, gate, the output and audit folders."""
+    gate_settings(cfg)
+    if cfg.privacy.max_rounds < 0:
+        raise ValueError(f"privacy.max_rounds must be >= 0, got {cfg.privacy.max_rounds}")
     if cfg.format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got '{cfg.format}'")
     if cfg.gate not in MODES:
@@ -86,14 +103,12 @@ def audited_batch(cfg: DictConfig, restored: Restored, cond: dict) -> tuple[Gate
         log.warning("gate=off: exporting %d samples WITHOUT a memorization audit (recorded in the export and run)",
                     cfg.n)
         return gated_batch(draw, cfg.n, None, "off"), None
-    p = OmegaConf.to_container(cfg.privacy, resolve=True)
-    settings = GateSettings(**{k: v for k, v in p.items() if k not in ("embedding", "max_rounds", "top_k",
-                                                                          "audit_dir")})
+    p = cfg.privacy
     datamodule = instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule")
     metrics = OmegaConf.to_container(restored.cfg.metrics, resolve=False) if "metrics" in restored.cfg else {}
-    encoder = encoder_settings(metrics) if p["embedding"] else None
-    gate, split = build_gate(datamodule, settings, encoder, cfg.paths.cache_dir, cfg.device)
-    return gated_batch(draw, cfg.n, gate, cfg.gate, p["max_rounds"], p["top_k"]), split
+    encoder = encoder_settings(metrics) if p.embedding else None
+    gate, split = build_gate(datamodule, gate_settings(cfg), encoder, cfg.paths.cache_dir, cfg.device)
+    return gated_batch(draw, cfg.n, gate, cfg.gate, p.max_rounds, p.top_k), split
 
 
 def sample(cfg: DictConfig) -> list[Path]:

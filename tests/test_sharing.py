@@ -130,6 +130,8 @@ def test_gate_off_is_asked_for_and_recorded_in_export_and_run(smoke, tmp_path):
         export(root, run, tmp_path / "mine")
     with pytest.raises(ValueError, match="gate must be one of"):
         export(root, run, tmp_path / "x", "gate=maybe")
+    with pytest.raises(ValueError, match=r"privacy\.quantile: invalid value 2"):
+        export(root, run, tmp_path / "x", "privacy.quantile=2")
 
 
 def test_cards_read_reports_and_copy_no_path_or_foreign_tag(smoke, tmp_path):
