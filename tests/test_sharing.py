@@ -144,17 +144,21 @@ def test_cards_read_reports_and_copy_no_path_or_foreign_tag(smoke, tmp_path):
                                  "synthmed.dicom.patient_name": "DOE^JANE"})
     utility = tmp_path / "utility"
     utility.mkdir()
-    (utility / "utility.json").write_text(json.dumps({
-        "trained_on_real": {"auroc": 0.81, "ci95": [0.75, 0.86], "n_test": 64},
-        "trained_on_fake": {"auroc": 0.74, "ci95": [0.67, 0.80], "n_test": 64},
-        "trained_on_real_and_fake": {"auroc": 0.83, "ci95": [0.77, 0.88], "n_test": 64},
-        "data_root": SECRET}))
+    stat = lambda mean: {"mean": mean, "ci_low": mean - 0.05, "ci_high": mean + 0.05, "per_seed": [mean]}  # noqa: E731
+    regimes = {"real": {"auroc": stat(0.81)}, "synth": {"auroc": stat(0.74)}, "real+synth": {"auroc": stat(0.83)}}
+    (utility / "utility.json").write_text(json.dumps({  # the layout `synthmed utility` writes
+        "n_test": 64, "regimes": list(regimes), "data_root": SECRET,
+        "fractions": [{"real_fraction": 0.5, "regimes": {"real": {"auroc": stat(0.6)}}},
+                      {"real_fraction": 1.0, "regimes": regimes}]}))
     mt.report_run(client, run.info.experiment_id, "utility", utility, "utility", parent=run, artifact_path="utility")
 
     path = card(compose_train(root, [f"run={run_id}"], config_name="card"))
     text = path.read_text()
     head, body = front_matter(text)
-    assert head["performance"]["trained_on_fake"]["auroc"] == 0.74 and "## Performance" in body
+    perf = head["performance"]  # the regimes of the largest real fraction, as mean and 95 % interval
+    assert perf["trained_on_fake"]["auroc"] == {"mean": 0.74, "ci_low": 0.69, "ci_high": 0.79}
+    assert perf["trained_on_real"]["auroc"]["mean"] == 0.81 and perf["trained_on_real_and_fake"]["auroc"]["mean"] == 0.83
+    assert perf["real_fraction"] == 1.0 and perf["n_test"] == 64 and "## Performance" in body
     assert head["training_data"]["n_images"] == 512 and head["model"]["config_hash"] == run.data.tags[tk.CONFIG_HASH]
     assert client.get_run(run_id).data.tags[tk.MODEL_CARD] == "card/MODEL_CARD.md"
     logged = client.download_artifacts(run_id, "card/MODEL_CARD.md", str(tmp_path / "dl"))

@@ -85,7 +85,34 @@ def _report(client: MlflowClient, run, kind: str, artifact: str) -> dict | None:
         doc = json.loads(Path(client.download_artifacts(runs[0].info.run_id, artifact)).read_text())
     except Exception as err:  # noqa: BLE001 - a report without its JSON is named, not guessed at
         return {"run_id": runs[0].info.run_id, "error": f"{artifact} unreadable: {type(err).__name__}"}
-    return {"run_id": runs[0].info.run_id, "artifact": artifact, "summary": numbers(doc)}
+    found = {"run_id": runs[0].info.run_id, "artifact": artifact, "summary": numbers(doc, depth=2)}
+    if kind == "utility":
+        found["performance"] = utility_performance(doc)
+    return found
+
+
+REGIMES = {"trained_on_real": "real", "trained_on_fake": "synth", "trained_on_real_and_fake": "real+synth"}
+
+
+def utility_performance(doc: dict) -> dict | None:
+    """`trained_on_real / trained_on_fake / trained_on_real_and_fake` of a utility report: its own keys when it has
+    them, else the regimes `real`, `synth`, `real+synth` of its largest real fraction (`synthmed utility`), each
+    metric as mean and 95 % interval, with the test-set size."""
+    if any(k in doc for k in PERFORMANCE_KEYS):
+        return {k: numbers(doc[k], depth=4) for k in PERFORMANCE_KEYS if k in doc}
+    entries = [e for e in doc.get("fractions", []) if isinstance(e, dict) and isinstance(e.get("regimes"), dict)]
+    if not entries:
+        return None
+    entry = max(entries, key=lambda e: e.get("real_fraction", 0))
+    out = {}
+    for key, regime in REGIMES.items():
+        stats = entry["regimes"].get(regime)
+        if isinstance(stats, dict):
+            out[key] = {m: {k: v[k] for k in ("mean", "ci_low", "ci_high") if k in v}
+                        for m, v in stats.items() if isinstance(v, dict) and "mean" in v}
+    if not out:
+        return None
+    return out | {"real_fraction": entry.get("real_fraction"), "n_test": doc.get("n_test")}
 
 
 def numbers(doc, depth: int = 3):
@@ -173,7 +200,8 @@ def dataset_card(record: dict, report: dict, fmt: str, n: int) -> str:
                               "n_flagged": report.get("n_flagged"), "n_samples": n}}
     metrics = "\n".join(f"| `{k}` | {v:.6g} |" for k, v in record["metrics"].items()) or "| (none logged) | |"
     prov = "\n".join(f"- `{k}`: {v}" for k, v in record["metric_provenance"].items()) or "- (none recorded)"
-    reports = "\n".join(f"- **{kind}** (MLflow run `{r['run_id']}`): `{json.dumps(r.get('summary'))[:2000]}`"
+    reports = "\n".join(f"- **{kind}** (MLflow run `{r['run_id']}`): "
+                        f"`{json.dumps(r.get('performance') or r.get('summary'))[:2000]}`"
                         for kind, r in record["reports"].items()) or "- none recorded (`synthmed utility`, `synthmed bias`)"
     tests = "\n".join(f"- {t['detector']}: {t['flagged']} of {t['n']} flagged (95 % CI {t['rate_ci95'][0]:.3f}-"
                       f"{t['rate_ci95'][1]:.3f}), expected {t['expected_rate']:g}, exact binomial p = "
@@ -305,23 +333,8 @@ def croissant(record: dict, report: dict, fmt: str, n: int, report_sha256: str) 
 
 # ---------------------------------------------------------------------------------------------------- model card
 def performance(record: dict) -> dict | None:
-    """`trained_on_real / trained_on_fake / trained_on_real_and_fake` from the utility report, when it has them."""
-    summary = (record["reports"].get("utility") or {}).get("summary")
-    found = {}
-
-    def walk(node):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if k in PERFORMANCE_KEYS and k not in found:
-                    found[k] = v
-                else:
-                    walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(summary)
-    return {k: found[k] for k in PERFORMANCE_KEYS if k in found} or None
+    """The utility report's `trained_on_real / trained_on_fake / trained_on_real_and_fake` block, if any."""
+    return (record["reports"].get("utility") or {}).get("performance")
 
 
 def model_card(record: dict, n_train: int | None = None) -> str:
@@ -337,7 +350,10 @@ def model_card(record: dict, n_train: int | None = None) -> str:
         front["performance"] = perf
     metrics = "\n".join(f"| `{k}` | {v:.6g} |" for k, v in record["metrics"].items()) or "| (none logged) | |"
     prov = "\n".join(f"- `{k}`: {v}" for k, v in record["metric_provenance"].items()) or "- (none recorded)"
-    perf_md = ("\n".join(f"- **{k}**: `{json.dumps(v)}`" for k, v in perf.items()) if perf else
+    perf_md = ("\n".join(f"- **{k}**: `{json.dumps(v)}`" for k, v in perf.items()) + "\n\nFrom the utility report "
+               f"(MLflow run `{record['reports']['utility']['run_id']}`): a classifier trained on real, synthetic, "
+               "and real plus synthetic images, scored on the same real test set (mean and 95 % interval)."
+               if perf else
                "No utility report (`synthmed utility`) with trained_on_real / trained_on_fake / "
                "trained_on_real_and_fake results was recorded for this run.")
     reports = "\n".join(f"- **{kind}** (MLflow run `{r['run_id']}`): `{json.dumps(r.get('summary'))[:2000]}`"
