@@ -135,7 +135,9 @@ def sample(cfg: DictConfig) -> list[Path]:
     pairs = _write_pairs(batch.pairs, pairs_file) if batch.pairs is not None else None
     if pairs:
         report["top_pairs_image"] = "kept outside the export folder (it shows real training images)"
-    paths = write_export(out, batch, cond, base, restored, cfg.format, report, cards.export_record(client, restored))
+    shared = report | {"top_pairs": [{k: v for k, v in pair.items() if k != "train_index"}  # a pointer into the
+                                     for pair in report.get("top_pairs", [])]}  # private data stays with the run
+    paths = write_export(out, batch, cond, base, restored, cfg.format, shared, cards.export_record(client, restored))
     _record_on_run(client, base["run_id"], report, stamp)
     print(f"wrote {len(paths)} {cfg.format} samples of run {base['run_id']} (config {short_hash(base['config_hash'])}) "
           f"to {out}; privacy gate {cfg.gate}: {_verdict(report)}" + (f"; audit pairs (real patients, do not share): "

@@ -65,6 +65,7 @@ def test_a_passing_export_lands_whole_with_report_and_cards(smoke, tmp_path):
     assert report["training_split"]["n_images"] == 512  # the FULL training split, not a subsample
     assert {"pixel_nearest_neighbour", "embedding_cosine", "hard_copy_rule"} == set(report["detectors"])
     assert not report["rate_tests"][0]["powered"] and "too small" in report["rate_tests"][0]["power_note"]
+    assert report["top_pairs"] and not any("train_index" in p for p in report["top_pairs"])  # no pointer to a patient
     pairs = list((root / "privacy_audit").glob(f"{run.info.run_id}-*-pairs.png"))
     assert len(pairs) == 1 and out not in pairs[0].parents  # real patients stay outside the shared folder
 
