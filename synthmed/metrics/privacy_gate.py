@@ -3,10 +3,11 @@
 Three per-sample rules and two batch statistics decide whether a batch may leave the machine:
 
 - *pixel detector*: RMS distance to the nearest training image (``memorization.nearest_neighbours``); a sample is
-  flagged when it is closer than the ``quantile`` of held-out-to-train nearest distances, so a generator drawing new
-  subjects is flagged at a rate of about ``quantile`` (Meehan et al. 2020, AISTATS; Carlini et al. 2023, USENIX).
+  flagged when it is closer than the j-th smallest of the K held-out-to-train nearest distances, j = round(quantile
+  (K + 1)), so a generator drawing new subjects is flagged at a rate of about ``quantile`` (Meehan et al. 2020,
+  AISTATS; Carlini et al. 2023, USENIX Security).
 - *embedding detector*: cosine similarity to the nearest training image in an in-domain encoder's feature space,
-  flagged above the ``1 - quantile`` quantile of held-out-to-train similarities (calibrated the same way).
+  flagged above the j-th highest held-out-to-train similarity (calibrated the same way).
 - *hard copy rule*: the Pearson correlation with the nearest training image, maximised over small circular shifts
   (and a left-right flip), above a threshold calibrated on lightly augmented copies of training images (shifts,
   noise, intensity scale and offset, flips). It never sits below the highest held-out score, so no calibration
@@ -15,11 +16,13 @@ Three per-sample rules and two batch statistics decide whether a batch may leave
   Bonferroni over the two detectors. The threshold is the j-th most extreme of K held-out values, so the rate a
   non-copying model is flagged at is itself random, Beta(j, K + 1 - j), and its flagged count is beta-binomial:
   that is the decision's null. A plain binomial test at the mean rate (``scipy.stats.binomtest``, also reported)
-  ignores this and refused 1 oracle batch in a few on 64 calibration images (9 of 64 flagged, binomial p = 0.004).
+  ignores this: it refused the tests' oracle batch of fresh subjects (9 of 64 flagged by a weak encoder, binomial
+  p = 0.004), which the beta-binomial passes.
   A small batch has no power: the audit states the smallest flagged rate its size can detect.
 - *cap*: how many samples may have the same nearest training image while being at least as close to it as a typical
   new subject is to its own (the ``cap_quantile`` of held-out distances): mode collapse onto one patient. Far samples
-  are not counted: pure noise is nearest to one "hub" image (the blandest one) without resembling it.
+  are not counted: pure noise is nearest to one "hub" image (the blandest one) without resembling it. The cap never
+  sits below the chance maximum that held-out images reach (few training images: many new subjects near each).
 
 This is an audit against the training set, not a privacy guarantee: a sample can leak a patient it is not nearest
 to, and features the detectors do not see.
@@ -182,7 +185,8 @@ class PrivacyGate:
 
     Args:
         train: every training image ``[M, C, *spatial]`` in [-1, 1].
-        heldout: real images the model did not see ``[K, C, *spatial]``, K >= 2 (the calibration set).
+        heldout: real images the model did not see ``[K, C, *spatial]`` (the calibration set); K = 1 skips the two
+            detectors (the hard rule and the cap still apply).
         settings: thresholds, calibration copies and decision rules.
         embed: images ``[N, C, *spatial]`` -> features ``[N, F]`` (an in-domain encoder); None: pixel detector only.
     """
