@@ -53,14 +53,17 @@ def test_a_copier_is_refused_by_the_hard_rule_image_by_image(data, kind):
 
 
 def test_an_oracle_passes_at_about_the_calibration_rate(data):
-    gate, oracle = data["gate"], data["oracle"]
-    audit = gate.audit(oracle)
-    assert audit.passed, audit.reasons()
-    assert not audit.copy_flag.any()  # a fresh subject never trips the hard rule
+    """Five batches of fresh subjects (seeds 1-5). They share one calibration, whose true rate is itself random
+    (the beta-binomial null): here the embedding detector flags 3-9 of 64 where 3/65 of 64 = 3 is expected."""
+    gate = data["gate"]
     c = gate.calibration
-    for flags in (audit.pixel_flag, audit.embed_flag):  # a non-copying model's count: beta-binomial (module doc)
-        lo, hi = stats.betabinom.interval(0.99, N, c.rank, c.n_heldout + 1 - c.rank)
-        assert lo <= int(flags.sum()) <= hi
+    lo, hi = stats.betabinom.interval(0.99, N, c.rank, c.n_heldout + 1 - c.rank)  # a non-copying model's count
+    audits = [gate.audit(data["oracle"] if seed == 1 else phantoms("test", N, seed=seed)) for seed in range(1, 6)]
+    for audit in audits:
+        assert not audit.copy_flag.any()  # a fresh subject never trips the hard rule
+        assert all(lo <= int(flags.sum()) <= hi for flags in (audit.pixel_flag, audit.embed_flag))
+        assert audit.max_per_train <= audit.cap
+    assert sum(a.passed for a in audits) >= 4  # at level 0.05 per batch, 5 of 5 in expectation
     assert c.copy_threshold >= c.heldout_max_copy_score and c.copy_recall >= 0.9  # copies caught, new subjects not
 
 

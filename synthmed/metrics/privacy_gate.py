@@ -16,8 +16,8 @@ Three per-sample rules and two batch statistics decide whether a batch may leave
   Bonferroni over the two detectors. The threshold is the j-th most extreme of K held-out values, so the rate a
   non-copying model is flagged at is itself random, Beta(j, K + 1 - j), and its flagged count is beta-binomial:
   that is the decision's null. A plain binomial test at the mean rate (``scipy.stats.binomtest``, also reported)
-  ignores this: it refused the tests' oracle batch of fresh subjects (9 of 64 flagged by a weak encoder, binomial
-  p = 0.004), which the beta-binomial passes.
+  ignores this: it refused the tests' oracle batch of fresh subjects (9 of 64 flagged by a weak encoder: binomial
+  p = 0.003, beta-binomial p = 0.027).
   A small batch has no power: the audit states the smallest flagged rate its size can detect.
 - *cap*: how many samples may have the same nearest training image while being at least as close to it as a typical
   new subject is to its own (the ``cap_quantile`` of held-out distances): mode collapse onto one patient. Far samples
