@@ -9,7 +9,9 @@ USAGE = """usage: synthmed <command> [args]
 
 commands:
   train      train a model: synthmed train model=ddpm dataset=phantom2d hardware=cpu [key=value ...] [-m]
-  sample     write marked synthetic images: synthmed sample run=<run id | config hash> n=100 out=DIR format=png|nifti|dicom
+  sample     write marked synthetic images through the privacy gate (+ privacy report, dataset card, croissant.json):
+             synthmed sample run=<run id | config hash> n=100 out=DIR format=png|nifti|dicom gate=refuse|filter|warn|off
+  card       model card of a trained run, logged to it: synthmed card run=<run id | config hash> [out=FILE]
   evaluate   full metric suite on a trained run: synthmed evaluate run=<run id | config hash> n_samples=256
   translate  apply a trained translator: synthmed translate run=<run id | config hash> in=DIR out=DIR
              [format=png|nifti] [direction=a2b|b2a]
@@ -50,7 +52,8 @@ def _plain(module: str):
 
 
 COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
-            "translate": _hydra_app("translate"), "bias": _hydra_app("bias"), "fid": _fid, "compare": _plain("compare"),
+            "card": _hydra_app("card"), "translate": _hydra_app("translate"), "bias": _hydra_app("bias"), "fid": _fid,
+            "compare": _plain("compare"),
             "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command"), "runs": _plain("runs"),
             "weights": _plain("weights")}
 

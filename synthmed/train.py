@@ -55,6 +55,7 @@ def dataset_record(cfg: DictConfig, datamodule) -> dict:
     return {"name": cfg.dataset.name, "fingerprint": datamodule.fingerprint, "intensity": datamodule.intensity,
             "target_intensity": getattr(train_set, "target_intensity", None),
             "geometry": getattr(train_set, "geometry", None), "spatial_dims": cfg.dataset.spatial_dims,
+            "n_train": len(train_set),  # training images: what model and dataset cards report
             # files the pre-flight check skipped (on_bad=skip), with their cause: the run says what it trained without
             "skipped_files": [str(b) for b in getattr(train_set, "quarantine", None) or []]}
 

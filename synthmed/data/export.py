@@ -256,7 +256,7 @@ def write_dicom(image, folder: str | os.PathLike, intensity: dict | None = None,
         for k in range(x.shape[2]):
             ds = _slice_dataset(pydicom, common, pixels[:, :, k], lps, k, slope, intercept, modality)
             pydicom.dcmwrite(tmp_dir / f"IM{k:05d}.dcm", ds, enforce_file_format=True)
-        _replace_dir(tmp_dir, folder)
+        replace_dir(tmp_dir, folder)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
@@ -362,8 +362,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _replace_dir(tmp_dir: Path, folder: Path) -> None:
-    """Swaps the finished series in; an old series of that name is moved aside first, then deleted."""
+def replace_dir(tmp_dir: Path, folder: Path) -> None:
+    """Swaps a finished folder (a DICOM series, a whole export) in; an old one of that name is moved aside first,
+    then deleted, so `folder` always holds one complete version."""
     old = None
     if folder.exists():
         old = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:12]}.old"

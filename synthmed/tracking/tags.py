@@ -57,3 +57,8 @@ HEARTBEAT_EVERY = "synthmed.heartbeat_s"  # the beat interval the run promised, 
 HOST = "synthmed.host"  # host name and process id of rank 0: where to look for the process
 PID = "synthmed.pid"
 REAPED = "synthmed.reaped"  # set by `synthmed runs reap`: when, and the heartbeat age that decided it
+
+# ---- exports (`synthmed sample`) ----------------------------------------------------------------------------------
+EXPORT_GATE = "synthmed.export.gate"  # privacy gate mode of the run's latest export: refuse | filter | warn | off
+EXPORT_AT = "synthmed.export.at"  # UTC time stamp of that export (its report: exports/<stamp>-privacy_report.json)
+MODEL_CARD = "synthmed.model_card"  # artifact path of the run's model card (`synthmed card`)
