@@ -11,6 +11,7 @@ commands:
   train      train a model: synthmed train model=ddpm dataset=phantom2d hardware=cpu [key=value ...] [-m]
   sample     write marked synthetic images: synthmed sample run=<run id | config hash> n=100 out=DIR format=png|nifti|dicom
   evaluate   full metric suite on a trained run: synthmed evaluate run=<run id | config hash> n_samples=256
+  utility    does synthetic data help a classifier? synthmed utility run=<run id | config hash> [real_fraction=[0.1,1]]
   translate  apply a trained translator: synthmed translate run=<run id | config hash> in=DIR out=DIR [format=png|nifti]
   fid        FID between two folders or .npz stats: synthmed fid DIR_A DIR_B [--dims 2048]
   compare    report runs side by side: synthmed compare experiment=<name> [runs=<id|hash>,...] [out=DIR]
@@ -48,7 +49,7 @@ def _plain(module: str):
 
 
 COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
-            "translate": _hydra_app("translate"), "fid": _fid, "compare": _plain("compare"),
+            "utility": _hydra_app("utility"), "translate": _hydra_app("translate"), "fid": _fid, "compare": _plain("compare"),
             "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command"), "runs": _plain("runs"),
             "weights": _plain("weights")}
 

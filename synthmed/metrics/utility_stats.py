@@ -160,37 +160,49 @@ def delong_difference(y, a, b, level: float = LEVEL) -> Difference:
 Metric = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (y [N], scores [M, N]) -> [M]
 
 
-def paired_bootstrap(y, scores: np.ndarray, statistic: Callable[[np.ndarray], float], metric: Metric = auroc,
-                     n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> tuple[float, float, float]:
-    """Point estimate and percentile interval of ``statistic`` over a paired bootstrap of cases and seeds.
+def bootstrap_values(y, scores: np.ndarray, metric: Metric = auroc, n_boot: int = 1000,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A metric on the data as observed and on each replicate of a paired bootstrap of test cases and seeds.
 
     Each replicate draws the test cases with replacement within each class (so both classes stay present, and every
     regime and seed sees the same cases: the pairing) and the seeds with replacement (the seed-to-seed spread of
-    training), scores every regime on them and reduces the ``[R, S]`` metric matrix with ``statistic``.
+    training). The same ``seed`` gives the same replicates for every metric.
 
     Args:
         y: labels ``[N]``.
         scores: ``[R, S, N]``: regimes x seeds x test cases.
-        statistic: ``[R, S]`` metric values -> one number (e.g. the gain over the best baseline).
         metric: the per-row metric.
         n_boot: replicates.
         seed: of the resampling.
 
     Returns:
-        (estimate on the data as observed, ci_low, ci_high).
+        (observed ``[R, S]``, replicates ``[n_boot, R, S]``).
     """
     y = np.asarray(y).astype(int)
     r, s, n = scores.shape
     flat = lambda idx, seeds: metric(y[idx], scores[:, seeds][..., idx].reshape(-1, len(idx))).reshape(r, len(seeds))
-    estimate = statistic(flat(np.arange(n), np.arange(s)))
     rng = np.random.default_rng(seed)
     pos, neg = np.nonzero(y == 1)[0], np.nonzero(y == 0)[0]
-    values = np.empty(n_boot)
+    reps = np.empty((n_boot, r, s))
     for b in range(n_boot):
         idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-        values[b] = statistic(flat(idx, rng.integers(0, s, s)))
+        reps[b] = flat(idx, rng.integers(0, s, s))
+    return flat(np.arange(n), np.arange(s)), reps
+
+
+def interval(observed: np.ndarray, reps: np.ndarray, statistic: Callable[[np.ndarray], float],
+             level: float = LEVEL) -> tuple[float, float, float]:
+    """(estimate, ci_low, ci_high) of ``statistic`` (``[R, S]`` -> number): percentile interval of the replicates."""
+    values = np.array([statistic(v) for v in reps])
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return float(estimate), float(lo), float(hi)
+    return float(statistic(observed)), float(lo), float(hi)
+
+
+def paired_bootstrap(y, scores: np.ndarray, statistic: Callable[[np.ndarray], float], metric: Metric = auroc,
+                     n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> tuple[float, float, float]:
+    """Estimate and percentile interval of ``statistic`` of ``metric`` over a paired bootstrap of cases and seeds
+    (``bootstrap_values``; scores ``[R, S, N]``)."""
+    return interval(*bootstrap_values(y, scores, metric, n_boot, seed), statistic, level)
 
 
 def gain_over_best(target: int, baselines: list[int]) -> Callable[[np.ndarray], float]:
