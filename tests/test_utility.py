@@ -1,0 +1,168 @@
+"""`synthmed utility`: known-answer generators make the harness falsifiable (oracle helps, a copier does not beat
+oversampling, a label flipper hurts, noise alone is at chance); bad input is refused before any training; the
+command writes its report and MLflow child run."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from synthmed.data.phantom import PhantomDataset
+from synthmed.evaluation.classifiers import LinearProbe
+from synthmed.evaluation.utility import (LabelledSplit, ModelSource, Seen, SyntheticSource, UtilitySettings,
+                                         check_leakage, label_plan, run_utility, stratified_subset)
+from tests.conftest import SMOKE_RUN, compose_train
+from tests.known_answer_sources import Copier, LabelFlipper, Noise, Oracle
+
+# 16 px phantoms with conspicuous lesions and little noise, so that 150 steps of a linear probe learn them; a test
+# split with 25 % lesions (40 rare cases) keeps the intervals informative.
+PHANTOM = {"size": 16, "lesion_radius": [0.15, 0.25], "noise_std": 0.01, "bias_strength": 0.05}
+SETTINGS = {"real_fraction": [0.1], "seeds": 4, "synth_ratio": 8.0, "n_boot": 300}
+
+
+def _split(name: str, n: int, prevalence: float) -> LabelledSplit:
+    ds = PhantomDataset(name, n_train=n, n_val=n, n_test=n, lesion_prevalence=prevalence, **PHANTOM)
+    return LabelledSplit.of(ds, name, "test phantoms")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return {"train": _split("train", 256, 0.1), "val": _split("val", 64, 0.1), "test": _split("test", 160, 0.25)}
+
+
+@pytest.fixture(scope="module")
+def probe():
+    """One probe for the module: its encoder is trained once (EncoderBank keeps it in memory)."""
+    return LinearProbe(encoder_steps=200, steps=150, batch_size=32, lr=1e-2, eval_every=50)
+
+
+def _run(probe, data, source, regimes, **overrides):
+    settings = UtilitySettings(regimes=regimes, **{**SETTINGS, **overrides})
+    return run_utility(probe, source, data["train"], data["val"], data["test"], settings)
+
+
+def test_oracle_gains_over_the_best_real_baseline_at_a_small_real_fraction(probe, data):
+    result = _run(probe, data, Oracle(PHANTOM), ["real", "real+oversample", "real+augment", "real+synth"])
+    entry = result.summary["fractions"][0]
+    gain = entry["gains"]["real+synth"]
+    assert gain["auroc"]["ci_low"] > 0 and gain["auroc"]["verdict"] == "gain", gain["auroc"]
+    assert entry["n_real"] == 26 and entry["n_real_rare"] == 3 and entry["n_synth"] == 208
+    # predictions.csv rows: every regime x seed x test case, with the columns synthmed bias reads
+    rows = result.predictions
+    assert len(rows) == 4 * 4 * 160
+    assert set(rows[0]) == {"regime", "seed", "real_fraction", "case", "y_true", "score", "sex", "age"}
+    assert [r["y_true"] for r in rows[:160]] == data["test"].labels.tolist()
+
+
+def test_copier_is_no_gain_over_oversampling(probe, data):
+    entry = _run(probe, data, Copier(), ["real", "real+oversample", "real+synth"]).summary["fractions"][0]
+    gain = entry["gains"]["real+synth"]["auroc"]
+    assert gain["ci_low"] <= 0 and gain["verdict"] != "gain", gain
+    assert abs(gain["mean"]) < 0.05  # repeating its own rare images is what oversampling already does
+
+
+def test_label_flipper_loses(probe, data):
+    entry = _run(probe, data, LabelFlipper(PHANTOM), ["real+oversample", "real+synth"]).summary["fractions"][0]
+    assert entry["gains"]["real+synth"]["auroc"]["ci_high"] < 0
+    assert entry["gains"]["real+synth"]["auroc"]["verdict"] == "loss"
+
+
+def test_noise_alone_is_at_chance(probe, data):
+    shape = data["train"].images.shape[1:]
+    entry = _run(probe, data, Noise(shape), ["real", "synth"], synth_ratio=2.0).summary["fractions"][0]
+    auroc = entry["regimes"]["synth"]["auroc"]
+    assert auroc["ci_low"] < 0.5 < auroc["ci_high"], auroc
+    assert entry["regimes"]["real"]["auroc"]["ci_low"] > 0.5  # while the real data do teach it
+
+
+# ------------------------------------------------------------------------------------------ refused before training
+class _Untrainable(LinearProbe):
+    def prepare(self, *args, **kwargs):
+        raise AssertionError("training started before the input was checked")
+
+
+class _OneClass(SyntheticSource):
+    classes = (0,)
+
+    def sample(self, labels, seed, real):
+        raise AssertionError("sampled before the input was checked")
+
+
+def _refused(data, source, match, **overrides):
+    settings = UtilitySettings(**{"regimes": ["real", "real+synth"], **SETTINGS, **overrides})
+    with pytest.raises(ValueError, match=match):
+        run_utility(_Untrainable(), source, data["train"], data["val"], data["test"], settings)
+
+
+def test_bad_input_is_refused_by_key_before_any_training(data):
+    _refused(data, _OneClass(), r"synth_labels asks for classes \[0, 1\].*can make only \[0\]")
+    _refused(data, Oracle(PHANTOM), r"min_test_positives=50", min_test_positives=50)
+    _refused(data, Oracle(PHANTOM), r"real_fraction=0.01.*no rare case", real_fraction=[0.01])
+    _refused(data, Oracle(PHANTOM), r"regimes: unknown \['real\+gan'\]", regimes=["real", "real+gan"])
+    unlabelled = [{"image": torch.zeros(1, 16, 16), "id": "x"}]
+    with pytest.raises(ValueError, match=r"split 'train' have no 'label'"):
+        LabelledSplit.of(unlabelled, "train", "data set 'folder'")
+
+
+def test_leakage_is_refused_naming_the_overlapping_ids(data):
+    test = data["test"]
+    leaky = Seen(frozenset(test.ids[3:5]), frozenset())
+    with pytest.raises(ValueError, match=r"shares 2 case\(s\) with what generator run X.*phantom-test-00003"):
+        check_leakage(test, {"generator run X": leaky})
+    copied = data["train"].subset(torch.arange(10))
+    copied.ids = [f"renamed-{i}" for i in range(10)]  # the same images under other ids: caught by content
+    with pytest.raises(ValueError, match="renamed-0"):
+        check_leakage(copied, {"the classifier": Seen.of(data["train"])})
+    check_leakage(test, {"the classifier": Seen.of(data["train"])})  # disjoint splits pass
+
+
+def test_a_single_unconditional_run_is_refused():
+    from synthmed.config import instantiate
+
+    model = instantiate(compose_train("/tmp", ["debug=smoke"]).model, "model")
+    with pytest.raises(ValueError, match=r"unconditional.*runs=\{0: <id>, 1: <id>\}"):
+        ModelSource({None: model})
+
+
+def test_subsamples_are_stratified_and_nested_and_label_plans_keep_their_mix():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    small, large = stratified_subset(labels, 0.2, 3), stratified_subset(labels, 0.5, 3)
+    assert int(labels[small].sum()) == 2 and len(small) == 20 and set(small.tolist()) <= set(large.tolist())
+    plan = label_plan(9, {0: 1, 1: 2})
+    assert [int(plan[:k].sum()) for k in (3, 6, 9)] == [2, 4, 6]
+
+
+# ----------------------------------------------------------------------------------------------- the command
+def test_utility_command_writes_the_report_and_a_child_run(run_root):
+    from mlflow.tracking import MlflowClient
+
+    from synthmed.train import train
+    from synthmed.utility import utility
+
+    train(compose_train(run_root, [*SMOKE_RUN, "model.cond=label", "dataset.datamodule.dataset.n_test=100"]))
+    client = MlflowClient(f"sqlite:///{run_root}/mlflow.db")
+    (generator,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    out = run_root / "report"
+    summary = utility(compose_train(run_root, [
+        f"run={generator.info.run_id}", "regimes=[real,real+oversample,real+synth]", "real_fraction=[0.5,1.0]",
+        "seeds=2", "n_boot=100", "min_test_positives=5", "classifier.steps=20", "classifier.encoder_steps=20",
+        f"out={out}"], config_name="utility"))
+    report = client.get_run(summary["run_id"])
+    assert report.data.tags["synthmed.report"] == "utility"
+    assert report.data.tags["mlflow.parentRunId"] == generator.info.run_id
+    assert report.info.status == "FINISHED"
+    history = client.get_metric_history(summary["run_id"], "utility/gain_auroc")
+    assert sorted(m.step for m in history) == [500, 1000]
+    for key in ("utility/gain_auroc_ci_low", "utility/auroc_real_oversample", "utility/rare_sens_at_spec90_real"):
+        assert key in report.data.metrics
+    artifacts = {f.path for f in client.list_artifacts(summary["run_id"], "utility")}
+    assert {"utility/utility.json", "utility/utility.md", "utility/utility.html",
+            "utility/predictions.csv"} <= artifacts
+    html = (out / "utility.html").read_text()
+    assert "data:image/png;base64," in html and "http" not in html.replace("http-equiv", "")
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == 3 * 2 * 2 * 100 and rows[0]["regime"] == "real"
+    assert json.loads((out / "utility.json").read_text())["generator_runs"]["conditional"] == generator.info.run_id
