@@ -119,12 +119,22 @@ def test_leakage_is_refused_naming_the_overlapping_ids(data):
     check_leakage(test, {"the classifier": Seen.of(data["train"])})  # disjoint splits pass
 
 
-def test_a_single_unconditional_run_is_refused():
+def test_one_unconditional_run_per_class_gives_labelled_images_and_a_single_one_is_refused():
     from synthmed.config import instantiate
 
-    model = instantiate(compose_train("/tmp", ["debug=smoke"]).model, "model")
+    cfg = compose_train("/tmp", ["debug=smoke", "model.process.num_inference_steps=2"])
+    torch.manual_seed(0)
+    healthy, lesion = instantiate(cfg.model, "model").eval(), instantiate(cfg.model, "model").eval()
     with pytest.raises(ValueError, match=r"unconditional.*runs=\{0: <id>, 1: <id>\}"):
-        ModelSource({None: model})
+        ModelSource({None: healthy})
+    source = ModelSource({0: healthy, 1: lesion}, batch_size=2)
+    labels = torch.tensor([1, 0, 0, 1, 0])
+    images = source.sample(labels, seed=5)
+    assert source.classes == (0, 1) and images.shape == (5, 1, 16, 16)
+    assert torch.equal(images, source.sample(labels, seed=5))  # reproducible from the seed
+    with torch.no_grad():  # each class's images are its own run's samples
+        assert torch.allclose(images[labels == 0], healthy.sample(3, generator=torch.Generator().manual_seed(5)))
+        assert not torch.allclose(images[labels == 1], healthy.sample(2, generator=torch.Generator().manual_seed(5)))
 
 
 def test_subsamples_are_stratified_and_nested_and_label_plans_keep_their_mix():
@@ -136,15 +146,39 @@ def test_subsamples_are_stratified_and_nested_and_label_plans_keep_their_mix():
 
 
 # ----------------------------------------------------------------------------------------------- the command
+def _record_generator(root, overrides) -> str:
+    """An untrained smoke model recorded as `synthmed train` records a run (config, weights-only checkpoint, data
+    fingerprint): the command under test is `utility`, whose answer for a noise generator is known anyway."""
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from synthmed.config import instantiate
+    from synthmed.tracking import tags as tk
+
+    cfg = compose_train(root, overrides)
+    model = instantiate(cfg.model, "model")
+    folder = root / "recorded"
+    (folder / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": model.state_dict(), "global_step": 0}, folder / "checkpoints" / "final.ckpt")
+    (folder / "config").mkdir()
+    OmegaConf.save(cfg, folder / "config" / "config.yaml", resolve=True)
+    fingerprint = instantiate(cfg.dataset.datamodule, "dataset.datamodule").fingerprint
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    run = client.create_run(client.create_experiment("phantom2d"), run_name="ddpm-phantom2d-test",
+                            tags={tk.DATASET_FINGERPRINT: fingerprint})
+    client.log_artifacts(run.info.run_id, str(folder))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
 def test_utility_command_writes_the_report_and_a_child_run(run_root):
     from mlflow.tracking import MlflowClient
 
-    from synthmed.train import train
     from synthmed.utility import utility
 
-    train(compose_train(run_root, [*SMOKE_RUN, "model.cond=label", "dataset.datamodule.dataset.n_test=100"]))
+    run_id = _record_generator(run_root, [*SMOKE_RUN, "model.cond=label", "dataset.datamodule.dataset.n_test=100"])
     client = MlflowClient(f"sqlite:///{run_root}/mlflow.db")
-    (generator,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    generator = client.get_run(run_id)
     out = run_root / "report"
     summary = utility(compose_train(run_root, [
         f"run={generator.info.run_id}", "regimes=[real,real+oversample,real+synth]", "real_fraction=[0.5,1.0]",
