@@ -64,8 +64,8 @@ def main() -> None:
     plain_loop(classifier, train.images, train.labels, seed=0)  # warm-up: allocator, MONAI imports, kernels
     times = {"plain": [], "harness": []}
     for r in range(args.repeats):
-        times["plain"].append(timed(lambda: plain_loop(classifier, train.images, train.labels, seed=r)))
-        times["harness"].append(timed(lambda: fit(classifier, regime, (val.images, val.labels), seed=r)))
+        times["plain"].append(timed(lambda r=r: plain_loop(classifier, train.images, train.labels, seed=r)))
+        times["harness"].append(timed(lambda r=r: fit(classifier, regime, (val.images, val.labels), seed=r)))
     per_min = {k: 60.0 / statistics.median(v) for k, v in times.items()}
     print(f"classifier: MONAI Classifier {classifier.channels}, {args.steps} steps, batch {args.batch}, "
           f"{args.size} px, 1 thread, median of {args.repeats}")
