@@ -126,10 +126,10 @@ def test_leakage_is_refused_naming_the_overlapping_ids(data):
     check_leakage(test, {"the classifier": Seen.of(data["train"])})  # disjoint splits pass
 
 
-def test_one_unconditional_run_per_class_gives_labelled_images_and_a_single_one_is_refused():
+def test_one_unconditional_run_per_class_gives_labelled_images_and_a_single_one_is_refused(tmp_path):
     from synthmed.config import instantiate
 
-    cfg = compose_train("/tmp", ["debug=smoke", "model.process.num_inference_steps=2"])
+    cfg = compose_train(tmp_path, ["debug=smoke", "model=gan"])
     torch.manual_seed(0)
     healthy, lesion = instantiate(cfg.model, "model").eval(), instantiate(cfg.model, "model").eval()
     with pytest.raises(ValueError, match=r"unconditional.*runs=\{0: <id>, 1: <id>\}"):
