@@ -94,14 +94,15 @@ def gain_plot(summary: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     fractions = [e["real_fraction"] for e in summary["fractions"]]
+    color = {name: f"C{i}" for i, name in enumerate(summary["regimes"])}  # one color per regime in both panels
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for name in summary["regimes"]:
         stats = [e["regimes"][name]["auroc"] for e in summary["fractions"]]
-        left.errorbar(fractions, [s["mean"] for s in stats], capsize=3, marker="o", label=name,
+        left.errorbar(fractions, [s["mean"] for s in stats], capsize=3, marker="o", label=name, color=color[name],
                       yerr=[[s["mean"] - s["ci_low"] for s in stats], [s["ci_high"] - s["mean"] for s in stats]])
     for name in [r for r in summary["regimes"] if summary["fractions"][0]["gains"].get(r)]:
         stats = [e["gains"][name]["auroc"] for e in summary["fractions"]]
-        right.errorbar(fractions, [s["mean"] for s in stats], capsize=3, marker="o", label=name,
+        right.errorbar(fractions, [s["mean"] for s in stats], capsize=3, marker="o", label=name, color=color[name],
                        yerr=[[s["mean"] - s["ci_low"] for s in stats], [s["ci_high"] - s["mean"] for s in stats]])
     right.axhline(0.0, color="k", lw=0.8)
     left.set(xlabel="real fraction", ylabel="AUROC (mean, 95 % CI)", title="AUROC per regime")
