@@ -199,3 +199,27 @@ def test_utility_command_writes_the_report_and_a_child_run(run_root):
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == 3 * 2 * 2 * 100 and rows[0]["regime"] == "real"
     assert json.loads((out / "utility.json").read_text())["generator_runs"]["conditional"] == generator.info.run_id
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_cnn_head_and_augmentation_work_in_2d_and_3d(spatial_dims):
+    from synthmed.evaluation.classifiers import CNNClassifier
+    from synthmed.evaluation.utility import augmentation
+
+    x = torch.rand(4, 1, *(8,) * spatial_dims) * 2 - 1
+    head = CNNClassifier(channels=[4, 8], strides=[2, 2], steps=1).head(x[0])
+    assert head(x).shape == (4, 1)
+    a, b = augmentation(spatial_dims, seed=3)(x), augmentation(spatial_dims, seed=3)(x)
+    assert torch.equal(a, b) and a.shape == x.shape and a.abs().max() <= 1  # seeded, in range
+    assert not torch.equal(a, augmentation(spatial_dims, seed=4)(x))
+
+
+def test_cnn_classifier_trains_through_the_harness(data):
+    from synthmed.evaluation.classifiers import CNNClassifier
+
+    cnn = CNNClassifier(channels=[4, 8], strides=[2, 2], num_res_units=0, steps=10, eval_every=5)
+    settings = UtilitySettings(regimes=["real", "real+augment"], real_fraction=[0.5], seeds=1, n_boot=100)
+    result = run_utility(cnn, None, data["train"], data["val"], data["test"], settings)
+    scores = torch.tensor([r["score"] for r in result.predictions])
+    assert len(scores) == 2 * 160 and bool(((scores > 0) & (scores < 1)).all())
+    assert "gains" in result.summary["fractions"][0] and not result.summary["fractions"][0]["gains"]
