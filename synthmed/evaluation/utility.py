@@ -264,8 +264,8 @@ def stratified_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
 
 
 def label_plan(n: int, shares: Mapping[int, float] | None) -> Tensor:
-    """``[n]`` labels whose every prefix follows ``shares`` to within one image (largest remainder), so a pool
-    drawn once serves every real fraction."""
+    """``[n]`` labels in the mix ``shares`` (None: classes 0 and 1 equally often), interleaved so that every
+    prefix follows the mix to within one image (largest remainder): exact counts, no sampling noise in the mix."""
     shares = {int(k): float(v) for k, v in (shares or {0: 1.0, 1: 1.0}).items() if v > 0}
     total = sum(shares.values())
     classes = sorted(shares)
