@@ -45,6 +45,7 @@ bench: venv  ## CPU benchmarks: side-by-side ratios against a plain PyTorch loop
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/fid.py
 	$(PY) benchmarks/sampling.py
+	$(PY) benchmarks/utility.py
 
 bench-gpu: venv  ## the one-go GPU benchmark (< 8 min on one H200): benchmarks/results/gpu-*.{json,md}
 	$(PY) benchmarks/gpu.py

@@ -13,6 +13,7 @@ commands:
              synthmed sample run=<run id | config hash> n=100 out=DIR format=png|nifti|dicom gate=refuse|filter|warn|off
   card       model card of a trained run, logged to it: synthmed card run=<run id | config hash> [out=FILE]
   evaluate   full metric suite on a trained run: synthmed evaluate run=<run id | config hash> n_samples=256
+  utility    does synthetic data help a classifier? synthmed utility run=<run id | config hash> [real_fraction=[0.1,1]]
   translate  apply a trained translator: synthmed translate run=<run id | config hash> in=DIR out=DIR
              [format=png|nifti] [direction=a2b|b2a]
   fid        FID between two folders or .npz stats: synthmed fid DIR_A DIR_B [--dims 2048]
@@ -53,7 +54,7 @@ def _plain(module: str):
 
 COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
             "card": _hydra_app("card"), "translate": _hydra_app("translate"), "bias": _hydra_app("bias"), "fid": _fid,
-            "compare": _plain("compare"),
+            "utility": _hydra_app("utility"), "compare": _plain("compare"),
             "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command"), "runs": _plain("runs"),
             "weights": _plain("weights")}
 

@@ -108,7 +108,7 @@ class DomainModel:
         units) of images ``[N, C, *spatial]`` in [-1, 1]."""
         self.net.eval()
         device = next(self.net.parameters()).device
-        with _one_thread():
+        with one_thread():
             parts = [self.net(images[i:i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)]
         out = {k: torch.cat([p[k] for p in parts]).cpu() for k in ("features", *self.heads)}
         for name in self.heads:
@@ -247,7 +247,7 @@ def _balancing_weights(labels: Tensor | None, n: int) -> Tensor:
 
 
 @contextlib.contextmanager
-def _one_thread():
+def one_thread():
     """One CPU thread: the reduction order, hence the last bits of the weights, can depend on the thread count,
     and for convolutions this small one thread is also faster on a shared CPU (measured on 2 busy cores: 2 threads
     8x slower per training step and 8-17x slower in inference)."""
@@ -264,7 +264,7 @@ def _reproducible(device: str, seed: int):
     """Seeded initialization without touching the caller's RNG streams, deterministic algorithms, one thread."""
     cuda = torch.device(device).type == "cuda"
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), _one_thread():
+    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), one_thread():
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True, warn_only=True)  # warn, not fail, on CUDA ops without one
         try:

@@ -106,3 +106,40 @@ def all_names() -> dict[str, str]:
     """Constant name -> metric key, for the `metric:` config resolver and for tests."""
     return {k: v for k, v in globals().items() if k.isupper() and isinstance(v, str)}
 
+
+# Downstream utility (`synthmed utility`, on the report's child run of the generator). Per regime through
+# `per_regime` (utility/auroc_real_synth); gains of a synthetic regime over the best real baseline through `gain_of`,
+# with `ci_low` / `ci_high`. Logged once per real fraction, with step = the real fraction in per mille.
+UTILITY_AUROC = "utility/auroc"
+UTILITY_AUPRC = "utility/auprc"
+UTILITY_BALANCED_ACCURACY = "utility/balanced_accuracy"
+UTILITY_RARE_SENS_AT_SPEC90 = "utility/rare_sens_at_spec90"  # rare-class sensitivity at specificity 0.90
+UTILITY_SPEC_AT_SENS90 = "utility/spec_at_sens90"  # specificity at rare-class sensitivity 0.90
+UTILITY_BRIER = "utility/brier"
+UTILITY_GAIN_AUROC = "utility/gain_auroc"  # real+synth minus the best real baseline (synth-only: ..._synth)
+UTILITY_GAIN_AUPRC = "utility/gain_auprc"
+UTILITY_GAIN_RARE_SENS_AT_SPEC90 = "utility/gain_rare_sens_at_spec90"
+UTILITY_METRICS = {"auroc": UTILITY_AUROC, "auprc": UTILITY_AUPRC, "balanced_accuracy": UTILITY_BALANCED_ACCURACY,
+                   "rare_sens_at_spec90": UTILITY_RARE_SENS_AT_SPEC90, "spec_at_sens90": UTILITY_SPEC_AT_SENS90,
+                   "brier": UTILITY_BRIER}  # the harness's metric name -> its key
+UTILITY_GAINS = {"auroc": UTILITY_GAIN_AUROC, "auprc": UTILITY_GAIN_AUPRC,
+                 "rare_sens_at_spec90": UTILITY_GAIN_RARE_SENS_AT_SPEC90}
+
+
+def per_regime(key: str, regime: str) -> str:
+    """``utility/auroc`` -> ``utility/auroc_real_oversample`` (MLflow keys allow no '+')."""
+    return f"{key}_{regime.replace('+', '_')}"
+
+
+def gain_of(key: str, regime: str) -> str:
+    """The gain key of a synthetic regime: ``utility/gain_auroc`` for real+synth (the headline), else per regime
+    (``utility/gain_auroc_synth``)."""
+    return key if regime == "real+synth" else per_regime(key, regime)
+
+
+def ci_low(key: str) -> str:
+    return f"{key}_ci_low"
+
+
+def ci_high(key: str) -> str:
+    return f"{key}_ci_high"

@@ -81,14 +81,27 @@ class DomainEncoder(nn.Module):
             ``features`` ``[B, 2 * sum(channels)]``; one ``[B, outputs]`` per head; ``thumbnail`` ``[B, C, *spatial']``,
             the image estimated at the bottleneck's resolution (``spatial' = spatial / total stride``).
         """
+        maps = self._maps(x)
+        pooled = self._pool(maps)
+        out = {name: head(pooled) for name, head in self.heads.items()}
+        out["features"] = (pooled[:, :self.feature_dims] - self.feature_mean) / self.feature_std
+        out["thumbnail"] = self.thumbnail(maps[-1])
+        return out
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """What the heads read: channel means, standard deviations and maxima of every stage, ``[B, 3 *
+        sum(channels)]`` (the downstream linear probe of synthmed utility reads the same)."""
+        return self._pool(self._maps(x))
+
+    def _maps(self, x: Tensor) -> list[Tensor]:
         maps = []
         for stage in self.stages:
             x = stage(x)
             maps.append(x)
+        return maps
+
+    @staticmethod
+    def _pool(maps: list[Tensor]) -> Tensor:
         flat = [m.flatten(2) for m in maps]
-        stats = torch.cat([m.mean(-1) for m in flat] + [m.std(-1, correction=0) for m in flat], dim=1)
-        pooled = torch.cat([stats, *(m.amax(-1) for m in flat)], dim=1)
-        out = {name: head(pooled) for name, head in self.heads.items()}
-        out["features"] = (stats - self.feature_mean) / self.feature_std
-        out["thumbnail"] = self.thumbnail(maps[-1])
-        return out
+        return torch.cat([m.mean(-1) for m in flat] + [m.std(-1, correction=0) for m in flat]
+                         + [m.amax(-1) for m in flat], dim=1)

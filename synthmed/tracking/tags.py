@@ -35,6 +35,8 @@ SEARCH_OBJECTIVE_NOTE = "synthmed.search.objective_note"  # why it is not `optim
 EVALUATES = "synthmed.evaluates"  # on an evaluation child run (`synthmed evaluate child_run=true`): the trained run
 EVAL_GUIDANCE = "synthmed.eval.guidance_scale"  # the guidance weight an evaluation sampled with, when overridden
 REPORT = "synthmed.report"  # kind of a report run: compare | utility | bias | reader_study
+REPORT_UTILITY = "utility"  # the REPORT value of a `synthmed utility` child run
+UTILITY_RUNS = "synthmed.utility.runs"  # on a utility report: the generator run id(s) it sampled, by class
 COMPARE_N_RUNS = "synthmed.compare.n_runs"
 COMPARE_RUNS = "synthmed.compare.runs"
 REPRODUCES = "synthmed.reproduces"  # on a reproduction: the run id (or study entry) it reproduces
