@@ -181,7 +181,8 @@ def test_utility_command_writes_the_report_and_a_child_run(run_root):
     summary = utility(compose_train(run_root, [
         f"run={generator.info.run_id}", "regimes=[real,real+oversample,real+synth]", "real_fraction=[0.5,1.0]",
         "seeds=2", "n_boot=100", "min_test_positives=5", "+data.n_test=100",  # 64 recorded: 6 rare cases
-        "+data.n_train=128",  # the classifier's real data: a quarter of what the generator saw (512) "classifier.steps=20", "classifier.encoder_steps=20",
+        "+data.n_train=128",  # the classifier's real data: a quarter of what the generator saw (512)
+        "classifier.steps=20", "classifier.encoder_steps=20",
         f"out={out}"], config_name="utility"))
     report = client.get_run(summary["run_id"])
     assert report.data.tags["synthmed.report"] == "utility"
@@ -199,6 +200,14 @@ def test_utility_command_writes_the_report_and_a_child_run(run_root):
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == 3 * 2 * 2 * 100 and rows[0]["regime"] == "real"
     assert json.loads((out / "utility.json").read_text())["generator_runs"]["conditional"] == generator.info.run_id
+    # the file is what `synthmed bias` reads for its downstream layer: it takes it as written
+    import pandas as pd
+
+    from synthmed.metrics.bias import downstream_layer
+
+    layer = downstream_layer(pd.read_csv(out / "predictions.csv"), ["sex"], [20, 40, 60, 90], False, n_boot=20)
+    assert layer["baseline"].startswith("real@") and layer["candidate"].startswith("real+synth@")
+    assert layer["n_cases"] == 100
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
