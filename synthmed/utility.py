@@ -18,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from synthmed.config import CONF_DIR, instantiate, register_resolvers
 from synthmed.evaluation.utility import LabelledSplit, ModelSource, Seen, UtilitySettings, run_utility
+from synthmed.io import atomic_write
 from synthmed.metrics import names
 from synthmed.models.conditioning import set_guidance
+from synthmed.reports import bias as bias_report
 from synthmed.reports.utility import write_report
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import tags as tk
@@ -129,6 +131,8 @@ def utility(cfg: DictConfig) -> dict:
                                 "synth_ratio": settings.synth_ratio, "synth_labels": settings.synth_labels}
     out = Path(cfg.out) if cfg.out else Path(cfg.paths.output_dir) / "utility"
     write_report(summary, result.predictions, out)
+    if cfg.by:
+        summary["downstream_by_group"] = downstream_by_group(cfg, result.predictions, out)
     run_id = mt.report_run(client, first.run.info.experiment_id, tk.REPORT_UTILITY, out,
                            f"{first.run.info.run_name}-utility", tags={tk.UTILITY_RUNS: json.dumps(runs)},
                            parent=first.run, artifact_path="utility",
@@ -138,6 +142,22 @@ def utility(cfg: DictConfig) -> dict:
     client.log_batch(run_id, metrics=mlflow_metrics(summary))
     print(json.dumps({"run_id": run_id, "report": str(out), "gains": _headline(summary)}, indent=2), flush=True)
     return summary | {"run_id": run_id}
+
+
+def downstream_by_group(cfg: DictConfig, predictions: list[dict], out: Path) -> dict:
+    """`by=[sex,age_band]`: the downstream layer of `synthmed bias` on these predictions (per group AUROC,
+    sensitivity, FNR, FPR; gaps and their change from `real` to `real+synth`), as `bias_downstream.{json,md}`."""
+    import pandas as pd
+
+    from synthmed.metrics.bias import downstream_layer
+
+    layer = downstream_layer(pd.DataFrame(predictions), list(cfg.by), list(cfg.age_bands), bool(cfg.intersect),
+                             n_boot=int(cfg.n_boot), seed=int(cfg.boot_seed), min_n=int(cfg.min_n),
+                             min_pos=int(cfg.min_pos)) | {"source": "this utility run"}
+    atomic_write(out / "bias_downstream.json", json.dumps(bias_report.finite(layer), indent=2, default=str,
+                                                          allow_nan=False) + "\n")
+    atomic_write(out / "bias_downstream.md", "\n".join(bias_report.downstream_md(layer)) + "\n")
+    return layer
 
 
 def _headline(summary: dict) -> list[dict]:

@@ -183,7 +183,7 @@ def test_utility_command_writes_the_report_and_a_child_run(run_root):
         "seeds=2", "n_boot=100", "min_test_positives=5", "+data.n_test=100",  # 64 recorded: 6 rare cases
         "+data.n_train=128",  # the classifier's real data: a quarter of what the generator saw (512)
         "classifier.steps=20", "classifier.encoder_steps=20",
-        f"out={out}"], config_name="utility"))
+        "by=[sex]", "min_n=10", "min_pos=2", f"out={out}"], config_name="utility"))
     report = client.get_run(summary["run_id"])
     assert report.data.tags["synthmed.report"] == "utility"
     assert report.data.tags["mlflow.parentRunId"] == generator.info.run_id
@@ -200,14 +200,11 @@ def test_utility_command_writes_the_report_and_a_child_run(run_root):
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == 3 * 2 * 2 * 100 and rows[0]["regime"] == "real"
     assert json.loads((out / "utility.json").read_text())["generator_runs"]["conditional"] == generator.info.run_id
-    # the file is what `synthmed bias` reads for its downstream layer: it takes it as written
-    import pandas as pd
-
-    from synthmed.metrics.bias import downstream_layer
-
-    layer = downstream_layer(pd.read_csv(out / "predictions.csv"), ["sex"], [20, 40, 60, 90], False, n_boot=20)
+    # by=[sex]: the downstream layer of `synthmed bias`, on the predictions.csv it reads (as written)
+    layer = summary["downstream_by_group"]
     assert layer["baseline"].startswith("real@") and layer["candidate"].startswith("real+synth@")
-    assert layer["n_cases"] == 100
+    assert layer["n_cases"] == 100 and "utility/bias_downstream.md" in artifacts
+    assert "### by sex" in (out / "bias_downstream.md").read_text()
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

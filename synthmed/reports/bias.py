@@ -242,12 +242,12 @@ def _inline(md_text: str, images: list[tuple[str, Path]]) -> str:
             f"</head><body>{''.join(html)}</body></html>")
 
 
-def _finite(node):
+def finite(node):
     """NaN and infinities as null: strict JSON (each undefined value carries its reason next to it)."""
     if isinstance(node, dict):
-        return {str(k): _finite(v) for k, v in node.items()}
+        return {str(k): finite(v) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
-        return [_finite(v) for v in node]
+        return [finite(v) for v in node]
     if isinstance(node, float) and not math.isfinite(node):
         return None
     return node
@@ -261,7 +261,7 @@ def write(report: dict, folder: Path) -> dict[str, Path]:
     images = plots(report, folder)
     md_text = markdown(report, images)
     paths = {"json": folder / "bias.json", "md": folder / "bias.md", "html": folder / "bias.html"}
-    atomic_write(paths["json"], json.dumps(_finite(report), indent=2, default=str, allow_nan=False))
+    atomic_write(paths["json"], json.dumps(finite(report), indent=2, default=str, allow_nan=False))
     atomic_write(paths["md"], md_text)
     atomic_write(paths["html"], _inline(md_text, images))
     return paths
