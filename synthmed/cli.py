@@ -16,6 +16,7 @@ commands:
   compare    report runs side by side: synthmed compare experiment=<name> [runs=<id|hash>,...] [out=DIR]
   reproduce  re-run a recorded config, check its metrics: synthmed reproduce <config hash> [--tolerance 1e-6]
   reader-study  blinded visual Turing test: synthmed reader-study make|serve|analyze ... (--help for details)
+  server     PostgreSQL + MLflow tracking server for a team (127.0.0.1): synthmed server [--port 5000] | server stop
   runs       status and heartbeat of runs, close SIGKILLed ones: synthmed runs list | reap [--older-than 10m]
   weights    download the FID Inception weights (the only download): synthmed weights fetch [--to DIR]
 
@@ -49,7 +50,7 @@ def _plain(module: str):
 
 COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
             "translate": _hydra_app("translate"), "fid": _fid, "compare": _plain("compare"),
-            "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command"), "runs": _plain("runs"),
+            "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command"), "runs": _plain("runs"), "server": _plain("server"),
             "weights": _plain("weights")}
 
 
