@@ -199,7 +199,9 @@ class MlflowServer:
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store, "--artifacts-destination",
                self.artifacts, "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers), *extra]
         with open(self.log, "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            # cwd: MLflow's basic-auth app keeps its user store `basic_auth.db` in the working directory.
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    cwd=Path(self.log).parent)
         self.pid = proc.pid
         deadline = time.monotonic() + timeout
         while not healthy(self.uri):
@@ -294,6 +296,9 @@ def start(args: argparse.Namespace) -> int:
     artifacts = args.artifacts or str(root / "mlartifacts")
     server = MlflowServer(store, artifacts, args.port, str(root / "server" / "mlflow.log"), workers=args.workers)
     extra = ("--app-name", "basic-auth") if args.basic_auth else ()
+    if args.basic_auth and not (root / "server" / "basic_auth.db").is_file() and "MLFLOW_AUTH_ADMIN_PASSWORD" not in env:
+        raise RuntimeError("--basic-auth: the first start creates the user `admin` with the password in "
+                           "MLFLOW_AUTH_ADMIN_PASSWORD; set it (a strong one, not in your shell history)")
     try:
         server.start(env, extra=extra)
         atomic_write(state_file(root), json.dumps(asdict(State(os.getpid(), server.pid, server.uri, cluster and cluster.data,
