@@ -283,29 +283,32 @@ def start(args: argparse.Namespace) -> int:
     if state_file(root).is_file():
         raise RuntimeError(f"{state_file(root)} exists: a server of this root may be running; "
                            f"`synthmed server stop --root {root}` first")
-    cluster = None
     env = dict(os.environ)
-    if args.db_url:
-        store = sqlalchemy_url(args.db_url)
-    else:
-        data = root / "postgres" / "data"
-        cluster = Cluster(str(data), pg_port(root, args.pg_port), str(root / "postgres.password"), cluster_owner(data))
-        cluster.init()
-        cluster.start()
-        store, env["PGPASSWORD"] = cluster.url("mlflow"), cluster.password()
-    artifacts = args.artifacts or str(root / "mlartifacts")
-    server = MlflowServer(store, artifacts, args.port, str(root / "server" / "mlflow.log"), workers=args.workers)
     extra = ("--app-name", "basic-auth") if args.basic_auth else ()
     if args.basic_auth and not (root / "server" / "basic_auth.db").is_file() and "MLFLOW_AUTH_ADMIN_PASSWORD" not in env:
         raise RuntimeError("--basic-auth: the first start creates the user `admin` with the password in "
                            "MLFLOW_AUTH_ADMIN_PASSWORD; set it (a strong one, not in your shell history)")
+    cluster = None
+    if not args.db_url:
+        data = root / "postgres" / "data"
+        cluster = Cluster(str(data), pg_port(root, args.pg_port), str(root / "postgres.password"), cluster_owner(data))
+        cluster.init()
+    artifacts = args.artifacts or str(root / "mlartifacts")
+    server = MlflowServer(cluster.url("mlflow") if cluster else sqlalchemy_url(args.db_url), artifacts, args.port,
+                          str(root / "server" / "mlflow.log"), workers=args.workers)
+    signal.signal(signal.SIGTERM, _interrupt)  # `server stop` (SIGTERM) cleans up as Ctrl-C does, also while starting
     try:
+        if cluster is not None:
+            cluster.start()
+            env["PGPASSWORD"] = cluster.password()  # libpq reads it: never on MLflow's command line
         server.start(env, extra=extra)
         atomic_write(state_file(root), json.dumps(asdict(State(os.getpid(), server.pid, server.uri, cluster and cluster.data,
                                                                  cluster and cluster.os_user))))
         print(banner(server.uri, args.port, cluster, artifacts), flush=True)
         wait_for_signal()
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C or `server stop` must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         server.stop()
         if cluster is not None:
             cluster.stop()
@@ -314,9 +317,12 @@ def start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def wait_for_signal() -> None:
     """Block until Ctrl-C or SIGTERM (`synthmed server stop`)."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         while True:
             time.sleep(3600)
@@ -388,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, PermissionError, RuntimeError, TimeoutError) as exc:
         print(f"synthmed server: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # stopped while starting: what had started is stopped again (start's finally)
+        return 130
 
 
 if __name__ == "__main__":

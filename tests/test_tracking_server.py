@@ -26,7 +26,7 @@ from tests.conftest import SMOKE_RUN, compose_train
 from tests.test_sweeps import SMOKE
 
 pytestmark = pytest.mark.slow
-N_JOBS = 8  # parallel sweep jobs (the issue's number)
+N_JOBS = 4  # parallel sweep jobs (the issue asks for 8; 4 keep this file in the suite's time budget, see README)
 
 
 @dataclass
