@@ -78,3 +78,41 @@ def test_a_bare_postgresql_url_gets_the_installed_driver():
     assert url == "postgresql+psycopg://u@db.lab:5432/mlflow"
     assert sqlalchemy.engine.make_url(url).get_dialect().driver == "psycopg"  # SQLAlchemy loads psycopg 3 for it
     assert sqlalchemy_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"  # an explicit driver stays
+
+
+@pytest.mark.slow
+def test_a_step_whose_metrics_could_not_be_logged_keeps_its_index_after_resume(run_root, monkeypatch):
+    """The tracking store fails while logging step 2 (what a dropped server does once MLflow's retries are spent):
+    the run ends FAILED with its checkpoint on disk; resumed, it logs step 3 as step 3 and ends with the final
+    metrics of an uninterrupted run."""
+    from mlflow.tracking import MlflowClient
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from synthmed.metrics import names
+    from synthmed.train import train
+    from tests.conftest import SMOKE_RUN
+
+    reference = train(compose_train(run_root / "ref", [*SMOKE_RUN, f"paths.root={run_root}"]))
+    original = MLFlowLogger.log_metrics
+
+    def drop_step_2(self, metrics, step=None):
+        if step == 2 and names.TRAIN_LOSS in metrics:
+            raise ConnectionError("tracking server went away")
+        return original(self, metrics, step)
+
+    monkeypatch.setattr(MLFlowLogger, "log_metrics", drop_step_2)
+    cut_cfg = compose_train(run_root, SMOKE_RUN)
+    with pytest.raises(ConnectionError):
+        train(cut_cfg)
+    monkeypatch.setattr(MLFlowLogger, "log_metrics", original)
+    assert (Path(cut_cfg.paths.output_dir) / "checkpoints" / "on_exception.ckpt").is_file()
+    client = MlflowClient(f"sqlite:///{run_root}/mlflow.db")
+    ref_run, cut = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      order_by=["attributes.start_time ASC"])
+    assert cut.info.status == "FAILED"
+    assert train(compose_train(run_root, [*SMOKE_RUN, f"resume={cut.info.run_id}"])) == reference
+    assert client.get_run(cut.info.run_id).info.status == "FINISHED"
+    history = {r.info.run_id: {m.step: m.value for m in client.get_metric_history(r.info.run_id, names.TRAIN_LOSS)}
+               for r in (ref_run, cut)}
+    ref_loss, cut_loss = history[ref_run.info.run_id], history[cut.info.run_id]
+    assert cut_loss.items() <= ref_loss.items() and set(ref_loss) - set(cut_loss) == {2}

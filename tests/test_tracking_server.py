@@ -164,8 +164,10 @@ def test_compare_and_reproduce_against_the_server(team, sweep, capsys):
 
     child = next(r for r in runs(client) if r.data.params.get("override.seed") == "0")
     ref = child.data.tags[tk.CONFIG_HASH][:12]
-    assert reproduce.main([ref, f"tracking_uri={team.uri}", f"paths.root={team.root / 'work-repro'}",
-                           "--tolerance", "0"]) == 0, capsys.readouterr().out[-3000:]
+    # The default tolerance (1e-6): the sweep job ran in a joblib worker with OMP_NUM_THREADS=1, this re-run in the
+    # test process with more threads, which moves the evaluation's float sums by ~1e-8 (nothing to do with the server).
+    assert reproduce.main([ref, f"tracking_uri={team.uri}", f"paths.root={team.root / 'work-repro'}"]) == 0, \
+        capsys.readouterr().out[-3000:]
     [again] = [r for r in runs(client) if r.data.tags.get(tk.REPRODUCES) == child.info.run_id]
     assert again.info.status == "FINISHED" and again.data.tags[tk.REPRODUCE_VERDICT] == "pass"
 
@@ -228,10 +230,8 @@ def test_a_run_outlives_a_server_restart_and_resumes_to_the_uninterrupted_result
     assert resumed == reference  # final evaluation, bit-equal
     done = client.get_run(cut.info.run_id)
     assert done.info.status == "FINISHED"
-    ref_loss = [m.value for m in client.get_metric_history(ref_run.info.run_id, names.TRAIN_LOSS)]
-    cut_loss = [m.value for m in client.get_metric_history(cut.info.run_id, names.TRAIN_LOSS)]
-    # Every logged loss is one of the uninterrupted run's, the last one included; only the step whose metrics met
-    # the stopped server is missing. (Its step index after resume is one lower: Lightning's loop saves the
-    # exception checkpoint before counting the step for its loggers.)
-    assert set(cut_loss) <= set(ref_loss) and len(cut_loss) == len(ref_loss) - 1
-    assert ref_loss[-1] in cut_loss
+    ref_loss = {m.step: m.value for m in client.get_metric_history(ref_run.info.run_id, names.TRAIN_LOSS)}
+    cut_loss = {m.step: m.value for m in client.get_metric_history(cut.info.run_id, names.TRAIN_LOSS)}
+    # Every logged step has the uninterrupted run's loss at the same step (the step count survives the failed
+    # logging: callbacks/checkpoint.py); only the step whose metrics met the stopped server is missing.
+    assert cut_loss.items() <= ref_loss.items() and set(ref_loss) - set(cut_loss) == {2}
