@@ -48,7 +48,9 @@ def steps_per_s(cfg, model, datamodule, steps: int, warmup: int, uri: str | None
 
 def start_server(root: Path):
     """PostgreSQL + `mlflow server` under `root`, as `synthmed server` runs them; returns (uri, stop)."""
-    root.chmod(0o755)  # PostgreSQL's own user (when run as root) must enter it
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in (root.parent, root):  # PostgreSQL's own user (when run as root) must enter them
+        folder.chmod(0o755)
     data = root / "postgres" / "data"
     cluster = srv.Cluster(str(data), srv.free_port(), str(root / "postgres.password"), srv.cluster_owner(data))
     cluster.init()

@@ -378,7 +378,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=("start", "stop"), default="start")
     p.add_argument("--root", default=os.environ.get("SYNTHMED_ROOT", "."), help="paths.root (default: current dir)")
     p.add_argument("--port", type=int, default=5000, help="MLflow server port on 127.0.0.1 (default 5000)")
-    p.add_argument("--pg-port", type=int, default=None, help="local PostgreSQL port (default: a free one)")
+    p.add_argument("--pg-port", type=int, default=None, help="local PostgreSQL port (default: the last start's, else a free one)")
     p.add_argument("--db-url", default=None, help="an existing postgresql:// database instead of a local cluster")
     p.add_argument("--artifacts", default=None, help="artifact destination: a folder (default ROOT/mlartifacts) or "
                                                       "s3://bucket/path (MinIO: set MLFLOW_S3_ENDPOINT_URL)")
