@@ -24,6 +24,10 @@ class FullStateOnExceptionCheckpoint(OnExceptionCheckpoint):
     def on_train_batch_end(self, trainer, *_, **__) -> None:
         self._uncounted = trainer.fit_loop.epoch_loop._batches_that_stepped
 
+    def on_validation_start(self, *_, **__) -> None:
+        # Stopped inside a validation, a resumed run finishes that step itself (it counts it): nothing to fix.
+        self._uncounted = None
+
     def on_exception(self, trainer, *_, **__) -> None:
         count_logged_step(trainer, self._uncounted)
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
