@@ -6,7 +6,7 @@ ROOT   ?= $(CURDIR)
 PORT   ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test-setup lint demo test test-fast bench bench-gpu ui clean
+.PHONY: help venv pg-install test-setup lint demo test test-fast bench bench-gpu ui server server-stop clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,7 +29,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
 
-test-setup: venv /usr/bin/chromium  ## what the tests need on a fresh machine: venv, dev extras, chromium
+# The tracking-server tests start a real PostgreSQL (Debian's postgresql, installed only when initdb is missing).
+PG_INITDB := $(firstword $(shell command -v initdb) $(wildcard /usr/lib/postgresql/*/bin/initdb))
+pg-install:
+	@[ -n "$(PG_INITDB)" ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+
+test-setup: venv /usr/bin/chromium pg-install  ## what the tests need on a fresh machine: venv, dev extras, chromium, postgresql
 
 lint: venv  ## layer contracts (import-linter) and ruff lint
 	$(VENV)/bin/lint-imports
@@ -52,6 +57,12 @@ bench-gpu: venv  ## the one-go GPU benchmark (< 8 min on one H200): benchmarks/r
 
 ui: venv  ## MLflow UI on http://127.0.0.1:$(PORT) over the local store
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(ROOT)/mlflow.db
+
+server: venv pg-install  ## team tracking server: PostgreSQL + MLflow on http://127.0.0.1:$(PORT) (Ctrl-C stops)
+	$(VENV)/bin/synthmed server --root $(ROOT) --port $(PORT)
+
+server-stop: venv  ## stop the server that `make server` started (from its pid/state file)
+	$(VENV)/bin/synthmed server stop --root $(ROOT)
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf outputs multirun checkpoints reports .cache mlartifacts mlruns mlflow.db .pytest_cache

@@ -21,6 +21,7 @@ commands:
   bias       every number per patient group, with intervals: synthmed bias run=<run id | config hash> by=[sex,age_band]
   reproduce  re-run a recorded config, check its metrics: synthmed reproduce <config hash> [--tolerance 1e-6]
   reader-study  blinded visual Turing test: synthmed reader-study make|serve|analyze ... (--help for details)
+  server     PostgreSQL + MLflow tracking server for a team (127.0.0.1): synthmed server [--port 5000] | server stop
   runs       status and heartbeat of runs, close SIGKILLed ones: synthmed runs list | reap [--older-than 10m]
   weights    download the FID Inception weights (the only download): synthmed weights fetch [--to DIR]
 
@@ -54,7 +55,7 @@ def _plain(module: str):
 
 COMMANDS = {"train": _hydra_app("train"), "sample": _hydra_app("sample"), "evaluate": _hydra_app("evaluate"),
             "card": _hydra_app("card"), "translate": _hydra_app("translate"), "bias": _hydra_app("bias"), "fid": _fid,
-            "utility": _hydra_app("utility"), "compare": _plain("compare"),
+            "utility": _hydra_app("utility"), "compare": _plain("compare"), "server": _plain("server"),
             "reproduce": _plain("reproduce"), "reader-study": _plain("reader_study.command"), "runs": _plain("runs"),
             "weights": _plain("weights")}
 

@@ -123,6 +123,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, with_logged: bool
 def _train(cfg: DictConfig, signals: SignalGuard, tags: dict[str, str], with_logged: bool) -> dict[str, float]:
     check_targets(cfg)
     check_image_size(cfg)  # before any run exists: a size the network cannot take is a config error
+    mt.check_store(cfg)  # a server that is down, or sqlite on NFS: said now, not after loading data or retries
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
     model, link_tags = build_model(cfg, in_multirun())  # before the hash: it covers an ldm's first stage
@@ -175,9 +176,15 @@ def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float]) -> N
     """What the user needs next: the run id, the hash to reproduce it, the numbers and how to look at them."""
     lines = [f"run id:       {run.run_id}", f"config hash:  {short_hash(full_hash)}",
              f"metrics:      {json.dumps({k: round(v, 5) for k, v in values.items()})}",
-             f"tracking:     {run.client.tracking_uri}",
-             f"open the UI:  mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri {run.client.tracking_uri}"]
+             f"tracking:     {run.client.tracking_uri}", f"open the UI:  {ui_hint(run.client.tracking_uri)}"]
     print("\n".join(["", "synthmed run finished", *lines]), flush=True)
+
+
+def ui_hint(uri: str) -> str:
+    """A server is its own UI; a local store needs `mlflow ui` over it."""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri} (a colleague: the SSH tunnel `synthmed server` printed)"
+    return f"mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri {uri}"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

@@ -17,8 +17,33 @@ class FullStateOnExceptionCheckpoint(OnExceptionCheckpoint):
     tensor or a plain value, and synthmed *loads* it only with `torch.load(weights_only=True)`.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._uncounted: int | None = None  # the loggers' step count at the end of the current batch
+
+    def on_train_batch_end(self, trainer, *_, **__) -> None:
+        self._uncounted = trainer.fit_loop.epoch_loop._batches_that_stepped
+
+    def on_validation_start(self, *_, **__) -> None:
+        # Stopped inside a validation, a resumed run finishes that step itself (it counts it): nothing to fix.
+        self._uncounted = None
+
     def on_exception(self, trainer, *_, **__) -> None:
+        count_logged_step(trainer, self._uncounted)
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+
+
+def count_logged_step(trainer, at_batch_end: int | None) -> None:
+    """A batch that completed but whose metrics could not be logged (the tracking server went down) is not yet
+    counted in the loggers' step (`_batches_that_stepped`, which Lightning advances only after logging and
+    validation): count it, as the loop would have, so that a resumed run logs its next step under the next index
+    instead of repeating this one."""
+    loop = trainer.fit_loop.epoch_loop
+    progress = loop.batch_progress.current
+    completed = progress.ready == progress.completed  # the batch ran to its end, optimizer step included
+    if at_batch_end is not None and completed and loop._batches_that_stepped == at_batch_end \
+            and not loop._should_accumulate():
+        loop._batches_that_stepped += 1
 
 
 @contextmanager

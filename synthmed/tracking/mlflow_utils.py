@@ -232,10 +232,19 @@ def tracking_client(cfg: DictConfig) -> MlflowClient:
 
 
 def lightning_logger_config(node: DictConfig) -> DictConfig:
-    """The `logger` config without synthmed's own keys (`system_metrics*`, read by train.py), i.e. only
-    MLFlowLogger's arguments; resolved here, since a detached copy cannot resolve interpolations later."""
+    """The `logger` config without synthmed's own keys (`system_metrics*`, read by train.py;
+    `allow_network_sqlite`, read by `check_store`), i.e. only MLFlowLogger's arguments; resolved here, since a
+    detached copy cannot resolve interpolations later."""
     resolved = OmegaConf.to_container(node, resolve=True)
-    return OmegaConf.create({k: v for k, v in resolved.items() if not str(k).startswith("system_")})
+    own = lambda k: str(k).startswith("system_") or k == "allow_network_sqlite"
+    return OmegaConf.create({k: v for k, v in resolved.items() if not own(k)})
+
+
+def check_store(cfg: DictConfig) -> str:
+    """The config's tracking URI, checked before any work (network sqlite refused, a server must answer)."""
+    uri = tracking_uri(cfg.logger.get("tracking_uri"), cfg.paths.root)
+    store.check(uri, bool(cfg.logger.get("allow_network_sqlite", False)))
+    return uri
 
 
 def make_logger(cfg: DictConfig, family: str, fingerprint: str, full_hash: str,

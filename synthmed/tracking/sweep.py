@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import time
 from typing import Any
 
@@ -40,7 +41,12 @@ class MLflowSweepCallback(Callback):
         self.ranking: tuple[str, str | None] = ("", None)  # (metric, direction) that picks the best child
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        uri = mt.tracking_uri(config.logger.get("tracking_uri"), config.paths.root)
+        try:
+            uri = mt.check_store(config)  # before any job: sqlite on a shared mount, or a server that is down
+        except (ValueError, ConnectionError) as err:
+            # Hydra turns a callback's exception into a warning and goes on: stop the multirun itself.
+            print(f"synthmed train: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from err
         self.client = MlflowClient(uri)
         exp = experiment_id(self.client, str(config.experiment_name), str(config.paths.root))
         overrides = " ".join(config.hydra.overrides.task)

@@ -1,0 +1,118 @@
+"""Store checks before any work: sqlite on a network file system is refused, a tracking server that is down is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synthmed.server import free_port, sqlalchemy_url
+from synthmed.tracking import mlflow_utils as mt
+from synthmed.tracking import store
+from tests.conftest import compose_train
+
+# /proc/mounts as a cluster node shows it: the lab share over NFS, a scratch Lustre, a local disk mounted inside the
+# share, a CIFS share whose name has a space (written \040), and a GPFS project space.
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
+fileserver:/export/lab /shared nfs4 rw,relatime,vers=4.2 0 0
+/dev/nvme0n1 /shared/local-ssd xfs rw,relatime 0 0
+10.0.0.5@tcp:/scratch /scratch lustre rw,flock 0 0
+//nas/team\\040data /mnt/team\\040data cifs rw,vers=3.0 0 0
+gpfs0 /gpfs/projects gpfs rw,relatime 0 0
+tmpfs /tmp tmpfs rw,nosuid,nodev 0 0
+"""
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/shared/lab/mlflow.db", "nfs4 (/shared)"),
+    ("/shared/local-ssd/mlflow.db", None),           # a local disk mounted inside the share is local
+    ("/scratch/u1/runs/mlflow.db", "lustre (/scratch)"),
+    ("/mnt/team data/mlflow.db", "cifs (/mnt/team data)"),
+    ("/gpfs/projects/x/mlflow.db", "gpfs (/gpfs/projects)"),
+    ("/sharedfolder/mlflow.db", None),               # a name that merely starts like a mount point
+    ("/home/u1/mlflow.db", None),
+])
+def test_network_file_systems_are_found_by_the_mount_holding_the_path(path, expected):
+    assert store.network_fs(Path(path), MOUNTS) == expected
+
+
+def test_sqlite_on_nfs_is_refused_with_the_way_out_and_the_override_accepts_it():
+    uri = "sqlite:////shared/lab/mlflow.db"
+    with pytest.raises(ValueError, match="network file system, nfs4") as err:
+        store.refuse_network_sqlite(uri, mounts=MOUNTS)
+    assert "synthmed server" in str(err.value) and "logger.allow_network_sqlite=true" in str(err.value)
+    store.refuse_network_sqlite(uri, allow=True, mounts=MOUNTS)
+    store.refuse_network_sqlite("sqlite:////home/u1/mlflow.db", mounts=MOUNTS)
+    store.refuse_network_sqlite("http://127.0.0.1:5000", mounts=MOUNTS)  # a server is what we ask for
+
+
+def test_the_config_key_reaches_the_check(tmp_path, monkeypatch):
+    """`logger.allow_network_sqlite` of the composed config, with paths.root on a (faked) NFS mount."""
+    fake = tmp_path / "mounts"
+    fake.write_text(MOUNTS + f"server:/x {tmp_path} nfs rw 0 0\n")
+    monkeypatch.setattr(store, "MOUNTS", str(fake))
+    with pytest.raises(ValueError, match=str(tmp_path / "mlflow.db")):
+        mt.check_store(compose_train(tmp_path))
+    assert mt.check_store(compose_train(tmp_path, ["logger.allow_network_sqlite=true"])).startswith("sqlite:///")
+    logger_args = mt.lightning_logger_config(compose_train(tmp_path).logger)
+    assert "allow_network_sqlite" not in logger_args  # synthmed's key never reaches MLFlowLogger
+
+
+def test_train_with_a_server_that_is_down_fails_before_training_and_names_it(tmp_path):
+    from synthmed.train import train
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = compose_train(tmp_path, ["debug=smoke", f"logger.tracking_uri={uri}"])
+    with pytest.raises(ConnectionError, match=f"tracking server {uri} does not answer") as err:
+        train(cfg)
+    assert "synthmed server" in str(err.value)
+    assert not (tmp_path / "outputs").exists()  # no data loaded, no checkpoint folder, nothing trained
+
+
+def test_a_bare_postgresql_url_gets_the_installed_driver():
+    import sqlalchemy
+
+    url = sqlalchemy_url("postgresql://u@db.lab:5432/mlflow")
+    assert url == "postgresql+psycopg://u@db.lab:5432/mlflow"
+    assert sqlalchemy.engine.make_url(url).get_dialect().driver == "psycopg"  # SQLAlchemy loads psycopg 3 for it
+    assert sqlalchemy_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"  # an explicit driver stays
+
+
+@pytest.mark.slow
+def test_a_step_whose_metrics_could_not_be_logged_keeps_its_index_after_resume(run_root, monkeypatch):
+    """The tracking store fails while logging step 2 (what a dropped server does once MLflow's retries are spent):
+    the run ends FAILED with its checkpoint on disk; resumed, it logs step 3 as step 3 and ends with the final
+    metrics of an uninterrupted run."""
+    from mlflow.tracking import MlflowClient
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from synthmed.metrics import names
+    from synthmed.train import train
+    from tests.conftest import SMOKE_RUN
+
+    reference = train(compose_train(run_root / "ref", [*SMOKE_RUN, f"paths.root={run_root}"]))
+    original = MLFlowLogger.log_metrics
+
+    def drop_step_2(self, metrics, step=None):
+        if step == 2 and names.TRAIN_LOSS in metrics:
+            raise ConnectionError("tracking server went away")
+        return original(self, metrics, step)
+
+    monkeypatch.setattr(MLFlowLogger, "log_metrics", drop_step_2)
+    cut_cfg = compose_train(run_root, SMOKE_RUN)
+    with pytest.raises(ConnectionError):
+        train(cut_cfg)
+    monkeypatch.setattr(MLFlowLogger, "log_metrics", original)
+    assert (Path(cut_cfg.paths.output_dir) / "checkpoints" / "on_exception.ckpt").is_file()
+    client = MlflowClient(f"sqlite:///{run_root}/mlflow.db")
+    ref_run, cut = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      order_by=["attributes.start_time ASC"])
+    assert cut.info.status == "FAILED"
+    assert train(compose_train(run_root, [*SMOKE_RUN, f"resume={cut.info.run_id}"])) == reference
+    assert client.get_run(cut.info.run_id).info.status == "FINISHED"
+    history = {r.info.run_id: {m.step: m.value for m in client.get_metric_history(r.info.run_id, names.TRAIN_LOSS)}
+               for r in (ref_run, cut)}
+    ref_loss, cut_loss = history[ref_run.info.run_id], history[cut.info.run_id]
+    assert cut_loss.items() <= ref_loss.items() and set(ref_loss) - set(cut_loss) == {2}
