@@ -18,7 +18,7 @@ from synthmed import search
 from synthmed.callbacks.checkpoint import quiet_fresh_start_notices, save_final
 from synthmed.callbacks.nonfinite import split_guard
 from synthmed.callbacks.progress import progress_bars
-from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
+from synthmed.config import CONF_DIR, check_dataset, check_targets, instantiate, register_resolvers
 from synthmed.evaluation.step import evaluate_generation, record
 from synthmed.metrics import names
 from synthmed.nets.sizes import check_image_size
@@ -120,6 +120,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, with_logged: bool
 
 
 def _train(cfg: DictConfig, signals: SignalGuard, tags: dict[str, str], with_logged: bool) -> dict[str, float]:
+    check_dataset(cfg)  # dataset.root given, image_shape agrees with dataset.size
     check_targets(cfg)
     check_image_size(cfg)  # before any run exists: a size the network cannot take is a config error
     pl.seed_everything(cfg.seed, workers=True)

@@ -66,11 +66,10 @@ def check_split(split: str) -> None:
 def check_root(root) -> Path:
     """The configured `root` as a Path; a clear error when it is missing or unset."""
     if root is None or str(root) in ("", "???"):
-        raise ValueError("dataset root is not set: pass root=<folder or CSV manifest> (config key "
-                         "dataset.datamodule.dataset.root)")
+        raise ValueError("dataset root is not set: pass dataset.root=<folder or CSV manifest>")
     path = Path(os.path.expanduser(str(root)))
     if not path.exists():
-        raise FileNotFoundError(f"dataset root {path} does not exist (config key dataset.datamodule.dataset.root)")
+        raise FileNotFoundError(f"dataset root {path} does not exist (config key dataset.root)")
     return path
 
 
