@@ -67,7 +67,7 @@ def check_dataset(cfg: DictConfig) -> None:
     if data is None:
         return
     nested = data.get("datamodule", {}).get("dataset", {})
-    if OmegaConf.is_missing(data, "root") and OmegaConf.is_interpolation(nested, "root"):
+    if "root" in data and data.root in (None, "???") and OmegaConf.is_interpolation(nested, "root"):
         raise ValueError(f"dataset={data.get('name')} reads your files: pass dataset.root=<folder or CSV manifest> "
                          "(see conf/dataset/ for what the folder holds)")
     if "image_shape" not in data or "size" not in data:

@@ -39,7 +39,9 @@ def test_debug_smoke_composes_for_every_dataset_with_no_extra_key(tmp_path, data
 def test_dataset_root_and_the_old_spelling_are_one_config(tmp_path, dataset):
     short = compose_train(tmp_path, [f"dataset={dataset}", "dataset.root=/data/x"])
     old = compose_train(tmp_path, [f"dataset={dataset}", "dataset.datamodule.dataset.root=/data/x"])
-    check_dataset(old)  # the old spelling is not refused although dataset.root stays unset
+    check_dataset(old)  # the old spelling is not refused although dataset.root stays unset,
+    check_targets(old)  # and nothing that walks the whole config trips over the unset short key
+    OmegaConf.to_container(old, resolve=True, throw_on_missing=True)
     assert old.dataset.datamodule.dataset.root == short.dataset.datamodule.dataset.root == "/data/x"
     assert config_hash(short) == config_hash(old)
     assert config_hash(short) != config_hash(compose_train(tmp_path, [f"dataset={dataset}", "dataset.root=/data/y"]))
