@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from synthmed.io import file_sha256 as sha256_of_file
+
 SPLITS = ("train", "val", "test")
 
 
@@ -223,8 +225,4 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of_file(path)
