@@ -291,6 +291,7 @@ def run_status(client: MlflowClient, run_id: str):
         # The job's log (Hydra's train.log) says how and why the run ended, next to its id.
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         logging.getLogger(__name__).error("run %s ended %s (%s)", run_id, status, why, exc_info=status == "FAILED")
+        client.set_tag(run_id, tk.ERROR, why[:500])
         client.set_terminated(run_id, status)
         raise
     client.set_terminated(run_id, "FINISHED")
