@@ -130,7 +130,7 @@ class GenerativeModule(pl.LightningModule, ABC):
                 self.val_means[slot] = WeightedMean().to(self.device)
             metric = self.val_means[slot]
             metric.update(torch.as_tensor(value, device=self.device), n)
-            self.log(key, metric, on_step=False, on_epoch=True)
+            self.log(key, metric, on_step=False, on_epoch=True, metric_attribute=f"val_means.{slot}")
 
     @property
     def spatial_dims(self) -> int:
