@@ -34,6 +34,7 @@ def sweep_config(root: Path, launcher: str = BASIC):
 def child(client: MlflowClient, parent: str, split: str, status: str, error: str | None = None) -> str:
     run = mt.child_run(client, client.get_run(parent), f"ddpm-{split}")
     client.log_param(run.run_id, "override.eval.split", split)
+    client.log_param(run.run_id, "override.debug", "smoke")  # shared by every job: left out of the summary
     if error:
         client.set_tag(run.run_id, tk.ERROR, error)
     client.set_terminated(run.run_id, status)
@@ -44,7 +45,7 @@ def job_failed(callback, cfg, num: int, split: str, exc: Exception) -> None:
     """What Hydra's run_job does in the job's process after the task raised."""
     job = OmegaConf.merge(cfg, {"hydra": {"job": {"num": num},
                                           "runtime": {"output_dir": str(Path(cfg.hydra.sweep.dir) / str(num))}}})
-    ret = JobReturn(overrides=[f"eval.split={split}"], status=JobStatus.FAILED, _return_value=exc)
+    ret = JobReturn(overrides=["debug=smoke", f"eval.split={split}"], status=JobStatus.FAILED, _return_value=exc)
     callback.on_job_end(job, ret)
 
 

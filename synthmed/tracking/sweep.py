@@ -155,20 +155,28 @@ def failure_report(parent: str, status: str, children: list[Run], failures: list
              f"{sum(c.info.status == 'FINISHED' for c in children)} finished (parent run {parent})"]
     if signum is not None:
         lines.append(f"- stopped by {signal.Signals(signum).name} between jobs")
+    shared = _shared([set(f["overrides"]) for f in failures] + [child_overrides(c) for c in children])
     matched = set()
     for f in failures:
         run = next((c for c in stopped if child_overrides(c) == set(f["overrides"])), None)
         matched |= {run.info.run_id} if run else set()
         where = f"run {run.info.run_id} {run.info.run_name}" if run else "no run created"
-        lines.append(f"- job {f['job']} [{' '.join(f['overrides'])}] ({where}): {f['error']}")
+        lines.append(f"- job {f['job']} [{' '.join(o for o in f['overrides'] if o not in shared)}] ({where}): "
+                     f"{f['error']}")
     for c in stopped:
         if c.info.run_id not in matched:
             why = c.data.tags.get(tk.ERROR, "no error recorded")
-            lines.append(f"- run {c.info.run_id} {c.info.run_name} [{' '.join(sorted(child_overrides(c)))}] "
-                         f"{c.info.status}: {why}")
+            own = " ".join(sorted(child_overrides(c) - shared))
+            lines.append(f"- run {c.info.run_id} {c.info.run_name} [{own}] {c.info.status}: {why}")
     lines.append(f"Job logs: {sweep_dir}/<job>/; a failed run's traceback: its artifact error/traceback.txt"
                  if sweep_dir else "A failed run's traceback: its artifact error/traceback.txt")
     return "\n".join(lines)
+
+
+def _shared(jobs: list[set[str]]) -> set[str]:
+    """Overrides every known job has (`debug=smoke`, `paths.root=...`): left out of the summary lines, which then
+    show what tells the jobs apart. Nothing is shared when only one job is known."""
+    return set.intersection(*jobs) if len(jobs) > 1 else set()
 
 
 def prints_elsewhere(config: DictConfig) -> bool:
