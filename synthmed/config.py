@@ -37,12 +37,60 @@ def _metric_resolver(name: str) -> str:
     return table[name]
 
 
+def spatial_size(size: Any, spatial_dims: Any) -> list[int]:
+    """`dataset.size` as one int per spatial axis: `64` -> `[64, 64]` in 2D, `[64, 64, 64]` in 3D; a list must
+    already have `spatial_dims` entries (e.g. `[32, 32, 16]` for anisotropic volumes)."""
+    dims = int(spatial_dims)
+    if dims not in (2, 3):
+        raise ValueError(f"dataset.spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    if isinstance(size, (list, tuple, ListConfig)):
+        sides = [int(s) for s in size]
+        if len(sides) != dims:
+            raise ValueError(f"dataset.size={sides} has {len(sides)} sides but dataset.spatial_dims={dims}: pass one "
+                             f"int (dataset.size={sides[0]}) or {dims} ints")
+    else:
+        sides = [int(size)] * dims
+    if min(sides) < 1:
+        raise ValueError(f"dataset.size must be positive pixels/voxels per side, got {size!r}")
+    return sides
+
+
+def image_shape(channels: Any, size: Any, spatial_dims: Any) -> list[int]:
+    """`[C, *spatial]` that models generate, derived from `dataset.channels`, `dataset.size`, `dataset.spatial_dims`."""
+    return [int(channels), *spatial_size(size, spatial_dims)]
+
+
+def check_dataset(cfg: DictConfig) -> None:
+    """Before any work: a file-based data set has its `dataset.root`, and an `image_shape` given by hand (an old
+    spelling) agrees with the one derived from `dataset.size`. Raises ValueError naming the key."""
+    data = cfg.get("dataset")
+    if data is None:
+        return
+    nested = data.get("datamodule", {}).get("dataset", {})
+    if "root" in data and data.root in (None, "???") and OmegaConf.is_interpolation(nested, "root"):
+        raise ValueError(f"dataset={data.get('name')} reads your files: pass dataset.root=<folder or CSV manifest> "
+                         "(see conf/dataset/ for what the folder holds)")
+    if "image_shape" not in data or "size" not in data:
+        return
+    given = [int(s) for s in data.image_shape]
+    derived = image_shape(data.channels, data.size, data.spatial_dims)
+    if given != derived:
+        size = list(data.size) if isinstance(data.size, ListConfig) else data.size
+        raise ValueError(f"dataset.image_shape={given} disagrees with dataset.size={size}"
+                         f" (spatial_dims={data.spatial_dims}, channels={data.channels}), which give {derived}: "
+                         "image_shape is derived, leave it out and set dataset.size only")
+
+
 def register_resolvers() -> None:
     """Register synthmed's OmegaConf resolvers once per process (idempotent)."""
     if not OmegaConf.has_resolver("metric"):
         OmegaConf.register_new_resolver("metric", _metric_resolver)
     if not OmegaConf.has_resolver("div"):  # `${div:${trainer.max_steps},2}`: whole steps, at least 1
         OmegaConf.register_new_resolver("div", lambda a, b: max(1, int(a) // int(b)))
+    if not OmegaConf.has_resolver("spatial_size"):  # `${spatial_size:${dataset.size},${dataset.spatial_dims}}`
+        OmegaConf.register_new_resolver("spatial_size", spatial_size)
+    if not OmegaConf.has_resolver("image_shape"):  # `${image_shape:${dataset.channels},${dataset.size},...}`
+        OmegaConf.register_new_resolver("image_shape", image_shape)
 
 
 def iter_targets(node: Any, path: str = "") -> list[tuple[str, str]]:

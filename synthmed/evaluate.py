@@ -38,7 +38,8 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     # The real reference comes from the recorded data config (the phantoms regenerate; files must still exist).
     datamodule = instantiate(restored.cfg.dataset.datamodule, "dataset.datamodule")
     suite = instantiate(cfg.metrics, "metrics")
-    evaluation = evaluate_generation(model, datamodule, suite, cfg.n_samples, cfg.seed, cfg.split, cfg.n_real)
+    evaluation = evaluate_generation(model, datamodule, suite, cfg.n_samples, cfg.seed, cfg.split, cfg.n_real,
+                                     translation=True)
     out = target_run(client, restored.run, cfg.child_run)
     # A child run is ours to close; the trained run keeps the status its training gave it.
     with mt.run_status(client, out.run_id) if cfg.child_run else nullcontext():

@@ -18,7 +18,7 @@ from synthmed import search
 from synthmed.callbacks.checkpoint import quiet_fresh_start_notices, save_final
 from synthmed.callbacks.nonfinite import split_guard
 from synthmed.callbacks.progress import progress_bars
-from synthmed.config import CONF_DIR, check_targets, instantiate, register_resolvers
+from synthmed.config import CONF_DIR, check_dataset, check_targets, instantiate, register_resolvers
 from synthmed.evaluation.step import evaluate_generation, record
 from synthmed.metrics import names
 from synthmed.nets.sizes import check_image_size
@@ -121,6 +121,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, with_logged: bool
 
 
 def _train(cfg: DictConfig, signals: SignalGuard, tags: dict[str, str], with_logged: bool) -> dict[str, float]:
+    check_dataset(cfg)  # dataset.root given, image_shape agrees with dataset.size
     check_targets(cfg)
     check_image_size(cfg)  # before any run exists: a size the network cannot take is a config error
     mt.check_store(cfg)  # a server that is down, or sqlite on NFS: said now, not after loading data or retries
@@ -147,23 +148,26 @@ def _train(cfg: DictConfig, signals: SignalGuard, tags: dict[str, str], with_log
         ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
         mt.set_tags(run.client, run.run_id, {tk.CHECKPOINT_DIR: ckpt_dir, **link_tags, **tags})
         monitor = system_metrics(cfg, run)
-        nonfinite, trainer_args = split_guard(cfg.trainer)
-        callbacks = [nonfinite, *build_callbacks(cfg.callbacks, suite), *progress_bars(cfg.trainer.enable_progress_bar)]
-        trainer = pl.Trainer(**trainer_args, **cfg.hardware, callbacks=callbacks, logger=logger,
-                             default_root_dir=cfg.paths.output_dir)
-        with signals.fitting(), quiet_fresh_start_notices():
-            trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
-        with signals.critical():  # a half-written final.ckpt must never be what resume= picks
-            ckpt = save_final(trainer, ckpt_dir)
-        evaluation = None
-        if trainer.is_global_zero:  # one rank scores the samples: each counted once, as on one device
-            final_suite = suite.with_metrics(final_metric_names(cfg, model))  # Inception and features loaded once
-            evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
-                                             cfg.eval.split, cfg.eval.n_real)
-            with signals.critical(stop_after=False):
-                record_final(run, trainer, evaluation, cfg, ckpt)
-        if monitor is not None:
-            monitor.finish()
+        try:  # the sampler thread stops however the run ends (a failure or a signal included)
+            nonfinite, trainer_args = split_guard(cfg.trainer)
+            callbacks = [nonfinite, *build_callbacks(cfg.callbacks, suite),
+                         *progress_bars(cfg.trainer.enable_progress_bar)]
+            trainer = pl.Trainer(**trainer_args, **cfg.hardware, callbacks=callbacks, logger=logger,
+                                 default_root_dir=cfg.paths.output_dir)
+            with signals.fitting(), quiet_fresh_start_notices():
+                trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume.checkpoint, weights_only=True)
+            with signals.critical():  # a half-written final.ckpt must never be what resume= picks
+                ckpt = save_final(trainer, ckpt_dir)
+            evaluation = None
+            if trainer.is_global_zero:  # one rank scores the samples: each counted once, as on one device
+                final_suite = suite.with_metrics(final_metric_names(cfg, model))  # Inception, features loaded once
+                evaluation = evaluate_generation(model, datamodule, final_suite, cfg.eval.n_samples, cfg.eval.seed,
+                                                 cfg.eval.split, cfg.eval.n_real, translation=True)
+                with signals.critical(stop_after=False):
+                    record_final(run, trainer, evaluation, cfg, ckpt)
+        finally:
+            if monitor is not None:
+                monitor.finish()
     if evaluation is not None:
         print_summary(run, full_hash, evaluation.result.values)
     signals.check()  # a signal while the record was written: the record is complete, the exit status still says so

@@ -9,12 +9,13 @@ interrupted or corrupted download leaves nothing behind.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import sys
 from pathlib import Path
 
 import torch
+
+from synthmed.io import file_sha256
 
 # pytorch-fid's own URL (pytorch_fid.inception.FID_WEIGHTS_URL), spelled here so that this command does not import
 # pytorch-fid; tests/test_weights.py checks the two agree. The name ends in the sha256 prefix of the file.
@@ -32,11 +33,7 @@ def expected_prefix(name: str) -> str:
 
 
 def sha256_matches(path: Path, prefix: str) -> bool:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest().startswith(prefix)
+    return file_sha256(path).startswith(prefix)
 
 
 def fetch(url: str = URL, folder: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:

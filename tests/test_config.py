@@ -28,7 +28,7 @@ def _options(group: str) -> list[str]:
 def test_every_config_composes_and_resolves(tmp_path, group, option):
     overrides = [f"{group}={option}"]
     if group == "dataset" and not option.startswith("phantom"):
-        overrides.append("dataset.datamodule.dataset.root=/data/somewhere")  # the one required key
+        overrides.append("dataset.root=/data/somewhere")  # the one required key
     app = APPS.get(group, "train")
     cfg = compose_train(tmp_path, overrides, config_name=app)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=app == "train")

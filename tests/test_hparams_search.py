@@ -115,6 +115,34 @@ def test_tiny_optuna_search_through_the_cli(run_root):
 
 
 @pytest.mark.slow
+def test_an_optuna_search_goes_on_past_a_diverged_trial(run_root):
+    # lr=1e30 diverges (trainer.nonfinite=fail raises at its first step); the sampler's fixed seed makes the trial
+    # order reproducible: the diverged trial is not the last, so the search had to go on past it.
+    proc = synthmed(["train", "-m", "hparams_search=vae_optuna", "debug=smoke", "trainer.enable_progress_bar=false",
+                     "callbacks.generation_metrics.n_samples=2", "eval.n_samples=4", "eval.metrics=[ms_ssim_diversity]",
+                     "optimized_metric=${metric:MS_SSIM_DIVERSITY}", "hydra.sweeper.n_trials=3", "model.kl_weight=1e-4",
+                     "model.recon_loss=l1", "model.adversarial_weight=0.0", "model.optimizer.lr=choice(1e-3,1e30)"],
+                    run_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parents, children = runs_of(run_root)
+    trials = sorted(children, key=lambda c: c.info.start_time)
+    lrs = [c.data.params["override.model.optimizer.lr"] for c in trials]
+    assert len(trials) == 3 and "1e+30" in lrs[:-1] and "0.001" in lrs, lrs  # a trial ran after the divergence
+    for trial, lr in zip(trials, lrs):
+        if lr == "1e+30":
+            assert trial.info.status == "FAILED"
+            assert "NonFiniteError: non-finite training at step" in trial.data.tags["synthmed.error"]
+        else:
+            assert trial.info.status == "FINISHED" and names.MS_SSIM_DIVERSITY_GAP in final_metrics(client, trial)
+    output = proc.stdout + proc.stderr
+    assert "Failed experiment: non-finite training at step" in output  # the sweeper told Optuna FAIL
+    results = yaml.safe_load(next(run_root.glob("multirun/*/*/optimization_results.yaml")).read_text())
+    assert results["best_params"]["model.optimizer.lr"] == 1e-3  # the best trial is a finite one
+    assert parents[0].info.status == "FAILED"  # the search finished, but not every trial did: said, not hidden
+    assert f"synthmed sweep ended FAILED: {lrs.count('1e+30')} job(s) failed" in proc.stderr
+
+
+@pytest.mark.slow
 def test_submitit_local_sweep_gives_two_children_under_one_parent(run_root):
     proc = synthmed(["train", "-m", *SMOKE, "hydra/launcher=submitit_local", "seed=0,1"], run_root)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
 
-from synthmed.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
+from synthmed.callbacks.nonfinite import NonFiniteError, NonFiniteGuard, count_nonfinite
 from synthmed.metrics import names
 from synthmed.metrics.suite import MetricSuite
 from synthmed.train import train
@@ -20,16 +20,18 @@ from tests.conftest import compose_train
 class Poisoned(pl.LightningModule):
     """y = w x regression whose loss is NaN at the listed global steps (an injected divergence)."""
 
-    def __init__(self, nan_steps=()):
+    def __init__(self, nan_steps=(), spike_steps=()):
         super().__init__()
         self.net = torch.nn.Linear(2, 1)
-        self.nan_steps, self.weights_seen = set(nan_steps), {}
+        self.nan_steps, self.spike_steps, self.weights_seen = set(nan_steps), set(spike_steps), {}
 
     def training_step(self, batch, batch_idx):
         self.weights_seen[self.global_step] = self.net.weight.detach().clone()
         loss = (self.net(batch[0]) - batch[1]).pow(2).mean()
         if self.global_step in self.nan_steps:
             loss = loss * float("nan")
+        if self.global_step in self.spike_steps:  # a huge but finite value; the gradient stays the plain one
+            loss = loss + 1e12 * loss.detach().clamp_min(1.0)
         self.log(names.TRAIN_LOSS, loss)
         return loss
 
@@ -108,3 +110,26 @@ def test_search_presets_let_a_failed_trial_not_stop_the_search(tmp_path):
     for search in SEARCHES:
         cfg = compose_with_hydra(tmp_path, [f"hparams_search={search}"])
         assert cfg.hydra.sweeper.max_failure_rate == 1.0, search
+
+
+def test_one_sync_count_matches_a_per_tensor_isfinite_reference():
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(5, 3, generator=gen) for _ in range(12)]
+    tensors[2][1, 1], tensors[5][0, 0], tensors[9][4, 2] = float("nan"), float("inf"), -float("inf")
+    tensors[7] = tensors[7] * 3e37  # finite: its 2-norm would overflow float32, its max-norm cannot
+    tensors.append(torch.full((4,), 6e4, dtype=torch.float16))  # fp16 near its max, finite
+    tensors.append(torch.tensor([1.0, float("nan")], dtype=torch.bfloat16))
+    reference = sum(int(not torch.isfinite(t).all()) for t in tensors)
+    assert count_nonfinite(tensors) == reference == 4
+    assert count_nonfinite([]) == 0
+
+
+def test_a_finite_loss_spike_is_warned_once_with_its_step(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="synthmed.callbacks.nonfinite"):
+        fit(Poisoned(spike_steps=(14, 15)), NonFiniteGuard("fail"), tmp_path, steps=16)
+    spikes = [r.getMessage() for r in caplog.records if "running median" in r.getMessage()]
+    assert len(spikes) == 1 and spikes[0].startswith(f"{names.TRAIN_LOSS} = ") and "at step 14" in spikes[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="synthmed.callbacks.nonfinite"):
+        fit(Poisoned(), NonFiniteGuard("fail"), tmp_path, steps=16)  # a converging loss: no false alarm
+    assert not [r for r in caplog.records if "running median" in r.getMessage()]

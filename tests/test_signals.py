@@ -188,3 +188,22 @@ def test_guard_defers_a_signal_while_critical_then_stops():
             done.append("record complete")
     assert done == ["record complete"] and err.value.code == 143
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_multirun_ends_job_and_parent_killed(tmp_path, mlflow_template):
+    # `synthmed train -m seed=0,1` stopped during its first job: exit 143, that job's run and the sweep's parent
+    # KILLED (never left RUNNING), the second job never started, and the summary says what was stopped.
+    root = _root(tmp_path, mlflow_template, "sweep")
+    args = [sys.executable, "-c", CHILD, "fit", str(root / "ready"), "-m", *BASE, "seed=0,1", f"paths.root={root}",
+            f"hydra.sweep.dir={root}/multirun"]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    child = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    code, out = _stop(child, root, signal.SIGTERM)
+    assert code == 143, out[-3000:]
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get("synthmed.sweep") == "parent"]
+    (job,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == job.info.status == "KILLED" and job.data.params["override.seed"] == "0"
+    assert "synthmed sweep ended KILLED" in out and f"- run {job.info.run_id}" in out

@@ -60,3 +60,7 @@ def test_a_failing_job_does_not_stop_the_others(run_root):
     assert failed.info.status == "FAILED"
     local = client.download_artifacts(failed.info.run_id, "error/traceback.txt", str(run_root / "dl"))
     assert "split must be one of" in Path(local).read_text()
+    # after Hydra's traceback, a summary a user can act on: which job, which run, why
+    summary = proc.stderr[proc.stderr.index("synthmed sweep ended FAILED"):]
+    assert summary.startswith("synthmed sweep ended FAILED: 1 job(s) failed, 0 stopped, 1 finished")
+    assert f"- job 0 [eval.split=nope] (run {failed.info.run_id} " in summary and "split must be one of" in summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -18,8 +19,9 @@ from synthmed.data import export
 from synthmed.data.paired_nifti import PairedDataModule, PairedNiftiDataset, match_folders
 from synthmed.data.phantom import PhantomDataset
 from synthmed.data.preflight import BadDataError
-from synthmed.evaluation.step import source_request
+from synthmed.evaluation.step import evaluate_generation, source_request
 from synthmed.metrics import names
+from synthmed.metrics.suite import MetricSuite
 from synthmed.metrics.translation import body_mask, translation_metrics
 from tests.conftest import compose_train
 
@@ -165,6 +167,28 @@ def test_translator_needs_a_source_of_the_right_shape(pix2pix_smoke):
     torch.testing.assert_close(shard, x[1:])  # shards take val items offset + i
 
 
+def test_final_evaluation_scores_translations_against_their_own_targets(pix2pix_smoke, monkeypatch):
+    _, datamodule, model = pix2pix_smoke
+    suite = MetricSuite(metrics=["ms_ssim_diversity"])
+    val = datamodule.split("val")
+    n = len(val) + 3  # more samples than val items: sample i translates item i mod len(val)
+    oracle = torch.stack([val[i % len(val)]["target"] for i in range(n)])
+    monkeypatch.setattr(model, "sample", lambda n, generator=None, cond=None: oracle[:n])  # a perfect translator
+    values = evaluate_generation(model, datamodule, suite, n, seed=0, translation=True).result.values
+    assert values[names.MAE_HU] == 0.0 and values[names.SSIM_HU] == pytest.approx(1.0)
+    # the identity baseline, by hand: the sources read as HU against the targets in HU inside the body mask
+    source = torch.stack([val[i % len(val)]["image"] for i in range(n)])
+    hu = lambda x: (x.double() + 1) / 2 * 2000 - 1000  # noqa: E731 - the HU window [-1000, 1000]
+    mask = body_mask(hu(oracle), HU, None, 2)
+    per_image = [((hu(source[i]) - hu(oracle[i])).abs()[mask[i]]).mean().item() for i in range(n)]
+    assert values[names.MAE_HU_IDENTITY] == pytest.approx(float(np.mean(per_image)), rel=1e-5)
+    shifted = torch.roll(oracle, 1, dims=0)  # a translator paired with the wrong targets is not perfect
+    monkeypatch.setattr(model, "sample", lambda n, generator=None, cond=None: shifted[:n])
+    assert evaluate_generation(model, datamodule, suite, n, seed=0, translation=True).result.values[names.MAE_HU] > 10
+    periodic = evaluate_generation(model, datamodule, suite, n, seed=0).result.values  # left to validation_step
+    assert names.MAE_HU not in periodic
+
+
 def test_pix2pix_and_cond_ddpm_check_their_arguments(tmp_path):
     for override, match in (("model.lambda_l1=-1", "lambda_l1"), ("model.mask_dilate=-1", "mask_dilate"),
                             ("model.loss=wasserstein", "loss")):
@@ -197,6 +221,16 @@ def test_val_translation_metrics_land_in_mlflow(trained):
         assert key in run.data.metrics, key
     assert 100.0 < run.data.metrics[names.MAE_HU_IDENTITY] < 400.0  # HU, not [-1, 1] units
     assert run.info.run_name.startswith("pix2pix-phantom2d_pairs-") and run.data.tags["synthmed.model_family"] == "gan"
+
+
+def test_final_json_holds_the_hu_metrics(trained):
+    _, client, run = trained
+    final = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics/final.json")).read_text())
+    for key in (names.MAE_HU, names.PSNR_HU, names.SSIM_HU, names.MAE_HU_IDENTITY):
+        assert np.isfinite(final["metrics"][key]), key
+    assert 100.0 < final["metrics"][names.MAE_HU_IDENTITY] < 400.0  # HU, as during validation
+    history = client.get_metric_history(run.info.run_id, names.MAE_HU)
+    assert history[-1].value == pytest.approx(final["metrics"][names.MAE_HU]) and history[-1].step == final["step"]
 
 
 def test_translate_writes_marked_outputs_without_input_headers(trained, tmp_path):

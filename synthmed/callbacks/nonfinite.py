@@ -9,18 +9,28 @@ of GANs, where each optimizer's step passes through the same hook), so a bad ste
 
 Weights that turn non-finite in spite of finite gradients (an overflowing step) fail the run at the end of that
 batch, and `on_save_checkpoint` refuses to write non-finite weights under any name (last.ckpt, on_exception.ckpt).
+
+A finite but exploding loss (a DDPM at lr=1e8 reaches 3e20 without ever being NaN) is warned about, once per loss
+term: a value above `spike_factor` times the median of its recent values names the step and the term.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import statistics
+from collections import deque
 
 import pytorch_lightning as pl
 import torch
 
 from synthmed.metrics import names
 
+log = logging.getLogger(__name__)
+
 POLICIES = ("fail", "skip")
+SPIKE_WINDOW = 200  # recent finite values per loss term behind the running median
+SPIKE_MIN_HISTORY = 10  # values needed before a median means something
 
 
 class NonFiniteError(RuntimeError):
@@ -33,9 +43,10 @@ class NonFiniteGuard(pl.Callback):
     Args:
         policy: "fail" or "skip" (config key `trainer.nonfinite`).
         max_skips: with `skip`, fail after this many skipped steps in a row (`trainer.nonfinite_max_skips`).
+        spike_factor: warn when a finite loss term exceeds this multiple of its running median (absolute values).
     """
 
-    def __init__(self, policy: str = "fail", max_skips: int = 10) -> None:
+    def __init__(self, policy: str = "fail", max_skips: int = 10, spike_factor: float = 1e6) -> None:
         if policy not in POLICIES:
             raise ValueError(f"trainer.nonfinite must be one of {POLICIES}, got {policy!r}")
         if max_skips < 1:
@@ -43,11 +54,15 @@ class NonFiniteGuard(pl.Callback):
         self.policy, self.max_skips = policy, int(max_skips)
         self.skipped, self.in_a_row = 0, 0
         self._skipped_this_batch = False
+        self.spike_factor = float(spike_factor)
+        self._history: dict[str, deque] = {}
+        self._warned: set[str] = set()
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         terms = nonfinite_terms(trainer.callback_metrics)
         grads = nonfinite_grads(optimizer)
         if not terms and not grads:
+            self.watch_spikes(loss_terms(trainer.callback_metrics), trainer.global_step)
             return
         what = describe(terms, grads, loss_terms(trainer.callback_metrics))
         if self.policy == "fail":
@@ -59,6 +74,19 @@ class NonFiniteGuard(pl.Callback):
                 p.grad = None
         self._skipped_this_batch = True
         self._last_what = what
+
+    def watch_spikes(self, terms: dict[str, float], step: int) -> None:
+        """Warn (once per term) when a finite term exceeds `spike_factor` x the median of its recent values."""
+        for key, value in terms.items():
+            history = self._history.setdefault(key, deque(maxlen=SPIKE_WINDOW))
+            if len(history) >= SPIKE_MIN_HISTORY and key not in self._warned:
+                median = statistics.median(history)
+                if median > 0 and abs(value) > self.spike_factor * median:
+                    self._warned.add(key)
+                    log.warning("%s = %.4g at step %d is %.3g x its running median %.4g (finite, but the run is "
+                                "probably diverging: lower model.optimizer.lr); warned once per term", key, value,
+                                step, abs(value) / median, median)
+            history.append(abs(value))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -113,14 +141,29 @@ def loss_terms(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k.startswith("train/") and k != names.SKIPPED_STEPS}
 
 
+def count_nonfinite(tensors: list[torch.Tensor]) -> int:
+    """How many of `tensors` hold a NaN or Inf element, with one host sync per call instead of one per tensor.
+
+    The max-norm (`ord=inf`) of each tensor, from one `torch._foreach_norm`, is NaN/Inf exactly when one of its
+    elements is (a finite max cannot overflow, unlike the 2-norm); one `isfinite` reduction over those norms follows.
+    """
+    if not tensors:
+        return 0
+    norms = torch._foreach_norm(tensors, float("inf"))
+    return int((~torch.isfinite(torch.stack([n.float() for n in norms]))).sum())
+
+
 def nonfinite_grads(optimizer) -> int:
     """How many of the optimizer's parameters have a NaN/Inf gradient."""
-    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    return sum(int(not torch.isfinite(g).all()) for g in grads)
+    return count_nonfinite([p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None])
 
 
 def nonfinite_params(module: torch.nn.Module) -> list[str]:
-    return [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+    """Names of the parameters holding NaN/Inf; the names are looked up only when the one-sync count finds some."""
+    params = list(module.named_parameters())
+    if not count_nonfinite([p.detach() for _, p in params]):
+        return []
+    return [n for n, p in params if not torch.isfinite(p).all()]
 
 
 def describe(terms: dict[str, float], grads: int, context: dict[str, float]) -> str:

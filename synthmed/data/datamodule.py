@@ -2,7 +2,8 @@
 
 A format is a Dataset class built as `dataset(split="train"|"val"|"test")` from a Hydra partial
 (conf/dataset/*.yaml). It exposes `spatial_dims`, `channels`, `fingerprint` (same for all splits) and `intensity`
-(the native -> [-1, 1] mapping that exports invert). Lightning inserts a DistributedSampler under DDP.
+(the native -> [-1, 1] mapping that exports invert). Under DDP, Lightning shards the training order; the val/test
+loaders shard themselves without padding (`ShardSampler`), so an evaluation scores each of its N images once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from functools import cached_property
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 SPLITS = ("train", "val", "test")
 
@@ -69,6 +70,26 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.length
+
+
+class ShardSampler(DistributedSampler):
+    """Rank r of W gets items r, r + W, r + 2W, ... in order: every item exactly once across ranks.
+
+    torch's DistributedSampler pads the last round with repeated items so all ranks get equal counts; a validation
+    of N images on W ranks would then score ceil(N / W) * W images, some twice. Ranks here may get one item less;
+    Lightning's epoch means weight each rank by its batch sizes, so a logged mean is the mean over the N items.
+    Subclassing DistributedSampler keeps Lightning from wrapping it in its own (padding) sampler.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.indices = list(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class GenerativeDataModule(pl.LightningDataModule):
@@ -157,10 +178,18 @@ class GenerativeDataModule(pl.LightningDataModule):
         return self._loader("train", sampler, drop_last=True)  # equal-sized training steps
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")  # evaluation sees every image, in order
+        return self._loader("val", self._shard("val"))  # evaluation sees every image once, in order
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", self._shard("test"))
+
+    def _shard(self, split: str) -> ShardSampler | None:
+        """This rank's share of an evaluation split under DDP (None on one device: the plain order)."""
+        trainer = self.trainer
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        if world <= 1:
+            return None
+        return ShardSampler(self.split(split), num_replicas=world, rank=int(trainer.global_rank))
 
     def images(self, split: str, n: int | None = None) -> torch.Tensor:
         """The first n images of a split stacked `[n, C, *spatial]` (reference sets for metrics)."""

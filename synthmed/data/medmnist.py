@@ -110,7 +110,7 @@ class MedMNISTDataset(torch.utils.data.Dataset):
 
 def _check_path(root) -> Path:
     if root is None or str(root) in ("", "???"):
-        raise ValueError("MedMNIST file is not set: pass root=<file.npz> (config key dataset.datamodule.dataset.root)")
+        raise ValueError("MedMNIST file is not set: pass dataset.root=<file.npz>")
     p = Path(os.path.expanduser(str(root)))
     if not p.is_file():
         raise FileNotFoundError(

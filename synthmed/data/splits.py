@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from synthmed.io import file_sha256 as sha256_of_file
+
 SPLITS = ("train", "val", "test")
 
 
@@ -66,11 +68,10 @@ def check_split(split: str) -> None:
 def check_root(root) -> Path:
     """The configured `root` as a Path; a clear error when it is missing or unset."""
     if root is None or str(root) in ("", "???"):
-        raise ValueError("dataset root is not set: pass root=<folder or CSV manifest> (config key "
-                         "dataset.datamodule.dataset.root)")
+        raise ValueError("dataset root is not set: pass dataset.root=<folder or CSV manifest>")
     path = Path(os.path.expanduser(str(root)))
     if not path.exists():
-        raise FileNotFoundError(f"dataset root {path} does not exist (config key dataset.datamodule.dataset.root)")
+        raise FileNotFoundError(f"dataset root {path} does not exist (config key dataset.root)")
     return path
 
 
@@ -224,8 +225,4 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of_file(path)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from synthmed.data.datamodule import covariates
 from synthmed.metrics.conditioning import balanced_requests
+from synthmed.metrics.translation import translation_metrics
 from synthmed.models.base import GenerativeModule
 
 
@@ -37,12 +38,42 @@ def source_request(model: GenerativeModule, datamodule, n: int, split: str = "va
     return {"source": torch.stack([items[i % len(items)]["image"] for i in range(n)])}
 
 
+def target_intensity(datamodule) -> dict | None:
+    """The data's target mapping (e.g. the HU window of CT targets), or None for data without targets."""
+    try:  # PairedDataModule's property raises for items without a target
+        record = getattr(datamodule, "target_intensity", None)
+    except ValueError:
+        record = None
+    return record or getattr(datamodule.split("train"), "target_intensity", None)
+
+
+def translation_scores(model: GenerativeModule, datamodule, fake: Tensor, split: str) -> dict[str, float]:
+    """A translator's samples against the real targets of the sources they translated (sample i = item
+    `i mod len(split)`, as `source_request` drew them): MAE/PSNR/SSIM in native units (HU for CT) inside the body
+    mask and the identity baseline, under the keys `validation_step` logs (metrics/translation.py). Empty for a
+    non-translator or data without targets.
+
+    Args:
+        fake: the translations `[n, *image_shape]` in [-1, 1].
+    """
+    intensity = target_intensity(datamodule) if model.requires_source else None
+    items = datamodule.split(split)
+    if not intensity or "target" not in items[0]:
+        return {}
+    target = torch.stack([items[i % len(items)]["target"] for i in range(len(fake))])
+    source = torch.stack([items[i % len(items)]["image"] for i in range(len(fake))])
+    return translation_metrics(fake, target, source if source.shape == target.shape else None, dict(intensity),
+                               getattr(model, "mask_threshold", None), getattr(model, "mask_dilate", 2))
+
+
 def evaluate_generation(model: GenerativeModule, datamodule, suite, n_samples: int, seed: int, split: str = "val",
-                        n_real: int | None = None) -> Evaluation:
+                        n_real: int | None = None, translation: bool = False) -> Evaluation:
     """Sample `n_samples` images with `seed` and score them against the first `n_real` images of `split`.
 
     A conditional model is asked for every class equally often (and covariates drawn like the training set's),
-    so the conditioning metrics read each request once; a translator translates the sources of `split`.
+    so the conditioning metrics read each request once; a translator translates the sources of `split`, and with
+    `translation` (final evaluations: periodic ones leave these keys to `validation_step`) its translations are
+    also scored against their targets in native units (`translation_scores`).
     """
     real = datamodule.images(split, n_real)
     train_cond = covariates(datamodule.split("train")) if suite.needs_cond else None
@@ -58,6 +89,8 @@ def evaluate_generation(model: GenerativeModule, datamodule, suite, n_samples: i
     scored_cond = {k: v for k, v in cond.items() if k != "source"} if cond else None
     result = suite(fake, real, train=train, ref_key=ref_key, cond=scored_cond or None, train_cond=train_cond,
                    real_cond=real_cond, fingerprint=datamodule.fingerprint)
+    if translation:
+        result.values.update(translation_scores(model, datamodule, fake, split))
     return Evaluation(result, fake, train)
 
 

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
+from torchmetrics import Metric
 
 if TYPE_CHECKING:  # conditioning.py builds on this module
     from synthmed.models.conditioning import Conditioning
@@ -42,6 +43,28 @@ def ema_multi_avg_fn(decay: float) -> Callable:
         torch._foreach_lerp_(ema_params, params, 1.0 - d)
 
     return update
+
+
+class WeightedMean(Metric):
+    """Mean of per-batch means weighted by their image counts, summed as floats across DDP ranks; NaN stays NaN.
+
+    Not torchmetrics' MeanMetric: it drops NaN values by default (a diverged run would read as finite), and with
+    `nan_strategy="disable"` it resets the weights to ones (torchmetrics 1.9), i.e. weights every batch alike.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, n: int) -> None:
+        self.total += value.detach().double() * n
+        self.count += n
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count).float()
 
 
 class GenerativeModule(pl.LightningModule, ABC):
@@ -88,6 +111,26 @@ class GenerativeModule(pl.LightningModule, ABC):
         self.sample_batch_size = sample_batch_size
         self.grad_clip_norm = grad_clip_norm
         self.ema: AveragedModel | None = None
+        self.val_means = nn.ModuleDict()  # metric key -> WeightedMean (no persistent state: checkpoints unchanged)
+
+    def log_val_means(self, values: dict[str, Tensor | float], n: int) -> None:
+        """Log validation means over every image scored on every rank, each image once.
+
+        Each key accumulates `value * n` and `n` as floats in a `WeightedMean`, summed across DDP ranks at
+        the end of the evaluation. (Lightning's own `sync_dist` mean averages the integer image count per rank and
+        truncates it: 3 + 2 images on 2 gloo ranks count as 2 per rank, not 2.5, and the mean is off by 25 %.)
+
+        Args:
+            values: metric key (names.py) -> this batch's mean (a scalar).
+            n: images in this batch on this rank.
+        """
+        for key, value in values.items():
+            slot = key.replace("/", "__").replace(".", "_")  # ModuleDict keys may not hold '.'
+            if slot not in self.val_means:
+                self.val_means[slot] = WeightedMean().to(self.device)
+            metric = self.val_means[slot]
+            metric.update(torch.as_tensor(value, device=self.device), n)
+            self.log(key, metric, on_step=False, on_epoch=True, metric_attribute=f"val_means.{slot}")
 
     @property
     def spatial_dims(self) -> int:

@@ -72,7 +72,7 @@ class CondDDPMModule(Translator):
         source, target = self.pair(batch)
         gen = torch.Generator().manual_seed(batch_idx)  # fixed: val/loss comparable across evaluations
         loss = self.process.loss(ConcatSource(self.sampling_net()), target, generator=gen, source=source)
-        self.log(names.VAL_LOSS, loss, batch_size=len(source), sync_dist=True)
+        self.log_val_means({names.VAL_LOSS: loss}, len(source))
         self.log_translation_metrics(batch, batch_idx)
 
     def generate(self, noise: Tensor, cond: dict | None = None,

@@ -66,7 +66,7 @@ class DDPMModule(GuidedDenoising, GenerativeModule):
         # consume the global RNG (so validating more often cannot change training).
         gen = torch.Generator().manual_seed(batch_idx)
         loss = self.process.loss(self.sampling_net(), batch["image"], generator=gen, **self.context(batch))
-        self.log(names.VAL_LOSS, loss, batch_size=batch["image"].shape[0], sync_dist=True)
+        self.log_val_means({names.VAL_LOSS: loss}, batch["image"].shape[0])
         return loss
 
     def generate(self, noise: Tensor, cond: dict | None = None,

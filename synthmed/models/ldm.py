@@ -173,7 +173,7 @@ class LDMModule(GuidedDenoising, GenerativeModule):
         gen = torch.Generator().manual_seed(batch_idx)  # fixed noise: comparable across evaluations (as ddpm)
         loss = self.process.loss(self.sampling_net(), self.latents(batch["image"]), generator=gen,
                                  **self.context(batch))
-        self.log(names.VAL_LOSS, loss, batch_size=batch["image"].shape[0], sync_dist=True)
+        self.log_val_means({names.VAL_LOSS: loss}, batch["image"].shape[0])
         return loss
 
     def generate(self, noise: Tensor, cond: dict | None = None,

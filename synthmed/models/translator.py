@@ -113,7 +113,7 @@ class Translator(GenerativeModule):
         identity = source if source.shape == target.shape else None  # the baseline needs equal channels
         values = translation_metrics(pred, target, identity, self.target_intensity(), self.mask_threshold,
                                      self.mask_dilate)
-        self.log_dict(values, batch_size=len(source), sync_dist=True)
+        self.log_val_means(values, len(source))
         return values
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -160,10 +160,9 @@ class VAEModule(GenerativeModule):
         mu, sigma = net.encode(x)
         recon = net.decode(mu)
         loss = self._losses(x, recon, mu, sigma)[names.TRAIN_LOSS]
-        self.log(names.VAL_LOSS, loss, batch_size=x.shape[0], sync_dist=True)
         metrics = {names.PSNR: recon_metrics.psnr, names.MAE: recon_metrics.mae}
         if min(x.shape[2:]) >= recon_metrics.SSIM_KERNEL:  # SSIM needs an 11-pixel window inside the image
             metrics[names.SSIM] = recon_metrics.ssim
-        for key, fn in metrics.items():
-            self.log(key, fn(recon.clamp(-1, 1), x).mean(), batch_size=x.shape[0], sync_dist=True)
+        self.log_val_means({names.VAL_LOSS: loss, **{key: fn(recon.clamp(-1, 1), x).mean()
+                                                     for key, fn in metrics.items()}}, x.shape[0])
         return loss

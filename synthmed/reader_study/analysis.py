@@ -6,13 +6,13 @@ responses to another study, a reader id given twice, missing, unknown or repeate
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from synthmed.io import file_sha256
 from synthmed.reader_study import stats
 from synthmed.reader_study.form import RESPONSES_FORMAT
 from synthmed.reader_study.study import KEY_FORMAT, MANIFEST_FORMAT, SYNTHETIC
@@ -60,7 +60,7 @@ def load_study(folder: str | Path, key_path: str | Path | None = None) -> tuple[
     key_file = Path(key_path) if key_path else folder / manifest["key_file"]
     if not key_file.is_file():
         raise StudyError(f"key file {key_file} not found (give key=PATH if it was moved)")
-    digest = hashlib.sha256(key_file.read_bytes()).hexdigest()
+    digest = file_sha256(key_file)
     if digest != manifest["key_sha256"]:
         raise StudyError(f"key file {key_file} has sha256 {digest}, but the study manifest records "
                          f"{manifest['key_sha256']}: the key was changed or belongs to another study")
@@ -149,4 +149,4 @@ def analyze(folder: str | Path, files: list[str | Path], margin: float = DEFAULT
             "cohen_kappa": stats.cohen_pairs(said),
             "fleiss_kappa": stats.fleiss(np.stack([said[r] for r in sorted(said)], axis=1)),
             "files": [{"reader_id": r.reader_id, "file": r.file.name,
-                       "sha256": hashlib.sha256(r.file.read_bytes()).hexdigest()} for r in readers]}
+                       "sha256": file_sha256(r.file)} for r in readers]}

@@ -12,7 +12,6 @@ temporary name and renamed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
@@ -25,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from synthmed.data import export
+from synthmed.io import file_sha256
 from synthmed.reader_study.form import render_form
 from synthmed.viz import central_planes
 
@@ -59,10 +59,6 @@ def write_text(path: Path, text: str) -> Path:
     with export.atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def to_pictures(images: Tensor) -> Tensor:
@@ -155,7 +151,7 @@ def make_study(sources: Sources, out: str | Path, seed: int = 0, title: str = "R
                 "image": {"format": "png", "height": shape[0], "width": shape[1], "bits": bits,
                           "channels": 1 if len(shape) == 2 else shape[2],
                           "window": sources.intensity or "[-1, 1] model units"},
-                "served_dir": SERVED, "key_file": KEY_FILE, "key_sha256": sha256_file(out / KEY_FILE),
+                "served_dir": SERVED, "key_file": KEY_FILE, "key_sha256": file_sha256(out / KEY_FILE),
                 "run_id": sources.provenance.get("run_id")}
     write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest

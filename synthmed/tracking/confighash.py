@@ -56,10 +56,22 @@ def _path_values(raw: dict) -> tuple[str, ...]:
                  if k != "root" and isinstance(v, str) and "${" not in v and v not in ("", ".", "/"))
 
 
+def _without_root_alias(kept: dict) -> dict:
+    """`dataset.root` is the short spelling of `dataset.datamodule.dataset.root`, which holds the same path (or
+    the path given the old way while `dataset.root` stays unset): only the data set's own key counts, so both
+    spellings hash alike."""
+    data = kept.get("dataset")
+    nested = ((data or {}).get("datamodule") or {}).get("dataset") if isinstance(data, dict) else None
+    if not isinstance(nested, dict) or "root" not in nested or "root" not in data:
+        return kept
+    return {**kept, "dataset": {k: v for k, v in data.items() if k != "root"}}
+
+
 def semantic_config(cfg: DictConfig) -> dict:
     """The resolved config minus everything in NON_SEMANTIC_GROUPS / NON_SEMANTIC_KEYS, as plain containers."""
     raw = OmegaConf.to_container(cfg, resolve=False)
     kept = {k: v for k, v in raw.items() if k not in NON_SEMANTIC_GROUPS}
+    kept = _without_root_alias(kept)
     # Resolve against the full config so that kept keys may still interpolate dropped ones (e.g. ${dataset.name}).
     # Only the kept subtree is resolved: the hydra node's own interpolations need a running Hydra app.
     full = OmegaConf.create({**raw, "__kept__": _strip(kept, _path_values(raw))})

@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Run
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -158,9 +159,9 @@ def find_run(client: MlflowClient, ref: str, prefer_finished: bool = True) -> Ru
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
-    """Set several tags of a run (values as strings)."""
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value))
+    """Set several tags of a run (values as strings), in one request."""
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def child_run(client: MlflowClient, parent: Run, run_name: str, tags: dict[str, str] | None = None) -> RunRef:
@@ -188,11 +189,10 @@ def report_run(client: MlflowClient, experiment_id: str, kind: str, folder: str 
     else:
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     with run_status(client, run_id):
-        for key, value in (params or {}).items():
-            client.log_param(run_id, key, value)
-        for key, value in (metrics or {}).items():
-            if value is not None:
-                client.log_metric(run_id, key, float(value))
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+                                          if v is not None],
+                         params=[Param(k, str(v)) for k, v in (params or {}).items()])
         client.log_artifacts(run_id, str(folder), artifact_path)
     return run_id
 
@@ -300,6 +300,7 @@ def run_status(client: MlflowClient, run_id: str):
         # The job's log (Hydra's train.log) says how and why the run ended, next to its id.
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         logging.getLogger(__name__).error("run %s ended %s (%s)", run_id, status, why, exc_info=status == "FAILED")
+        client.set_tag(run_id, tk.ERROR, why[:500])
         client.set_terminated(run_id, status)
         raise
     client.set_terminated(run_id, "FINISHED")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
+
+from mlflow.entities import Metric, RunTag
 
 from synthmed.evaluation.step import Evaluation, memorization_pairs
 from synthmed.tracking import tags as tk
@@ -15,10 +18,9 @@ def log_result(run: RunRef, evaluation: Evaluation, step: int) -> None:
     """Metrics at `step`, provenance as `synthmed.<name>` tags (a FID without its provenance is not comparable),
     and the memorization audit's closest pairs as `metrics/memorization_step_XXXXXXX.png`."""
     result = evaluation.result
-    for key, value in result.values.items():
-        run.client.log_metric(run.run_id, key, float(value), step=step)
-    for key, value in result.tags.items():
-        run.client.set_tag(run.run_id, tk.provenance(key), str(value))
+    now = int(time.time() * 1000)
+    run.client.log_batch(run.run_id, metrics=[Metric(key, float(value), now, step) for key, value in result.values.items()],
+                         tags=[RunTag(tk.provenance(key), str(value)) for key, value in result.tags.items()])
     pairs = memorization_pairs(evaluation)
     if pairs is not None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -16,6 +16,7 @@ DATASET_FINGERPRINT = "synthmed.dataset_fingerprint"
 GIT_SHA = "synthmed.git_sha"
 VERSION = "synthmed.version"
 CHECKPOINT_DIR = "synthmed.checkpoint_dir"  # where the run's checkpoints are, for resume=
+ERROR = "synthmed.error"  # on a FAILED or KILLED run: one line saying why (`Type: message`), e.g. in sweep summaries
 
 # ---- MLflow's own keys --------------------------------------------------------------------------------------------
 PARENT_RUN = "mlflow.parentRunId"  # a sweep job's parent run; an evaluation's trained run

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags as T
 
 from synthmed.tracking import tags as tk
-from synthmed.tracking.mlflow_utils import git_sha, log_text
+from synthmed.tracking.mlflow_utils import git_sha, log_text, set_tags
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ def describe_run(client: MlflowClient, run_id: str, experiment_id: str, cfg, fin
     fmt = str(cfg.dataset.datamodule.dataset.get("_target_", "?")).rsplit(".", 1)[-1]  # the reader class
     log_dataset(client, run_id, cfg.dataset.name, fingerprint, fmt, "train")
     note = run_note(cfg.model.name, family, cfg.dataset.name, fmt, int(cfg.trainer.max_steps), full_hash)
-    for key, value in {**source_tags("synthmed train", git_sha()), T.MLFLOW_RUN_NOTE: note}.items():
-        client.set_tag(run_id, key, value)
+    set_tags(client, run_id, {**source_tags("synthmed train", git_sha()), T.MLFLOW_RUN_NOTE: note})
     describe_experiment(client, experiment_id, cfg.dataset.name)
 
 
@@ -105,8 +104,7 @@ def summarize_sweep(client: MlflowClient, parent_id: str, children: list, metric
         return None
     value, name, run_id, _ = rows[0]
     best = {tk.SWEEP_BEST_RUN: run_id, tk.SWEEP_BEST_METRIC: metric, tk.SWEEP_BEST_VALUE: f"{value:.6g}"}
-    for key, val in best.items():
-        client.set_tag(parent_id, key, val)
-    client.set_tag(parent_id, T.MLFLOW_RUN_NOTE, f"Sweep of {len(children)} runs; best by `{metric}` ({better}): "
-                   f"**{name}** ({value:.5g}). Table: `sweep/children.md`.")
+    set_tags(client, parent_id, {**best, T.MLFLOW_RUN_NOTE: f"Sweep of {len(children)} runs; best by `{metric}` "
+                                                            f"({better}): **{name}** ({value:.5g}). Table: "
+                                                            "`sweep/children.md`."})
     return best
