@@ -28,7 +28,8 @@ def _options(group: str) -> list[str]:
 def test_every_config_composes_and_resolves(tmp_path, group, option):
     overrides = [f"{group}={option}"]
     if group == "dataset" and not option.startswith("phantom"):
-        overrides.append("dataset.root=/data/somewhere")  # the one required key
+        overrides += (["dataset.source_root=/data/mr", "dataset.target_root=/data/ct"] if option == "unpaired"
+                      else ["dataset.root=/data/somewhere"])  # the one required key (two for unpaired collections)
     app = APPS.get(group, "train")
     cfg = compose_train(tmp_path, overrides, config_name=app)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=app == "train")

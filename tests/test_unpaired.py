@@ -79,6 +79,8 @@ def test_unpaired_dataset_from_two_roots_or_a_manifest_with_a_domain_column(tmp_
     mixed = UnpairedDataset("train", side, side, manifest=str(manifest), domains=["mr", "ct"], cache_dir="cache")
     assert [pixel(mixed[i]["image"]) for i in range(5)] == sources  # the manifest's rows split by domain
     assert sorted(pixel(mixed[i]["target"]) for i in range(3)) == sorted(targets[:3])
+    with pytest.raises(ValueError, match=r"dataset.target_root"):  # two-roots mode with a root unset (null)
+        UnpairedDataset("train", functools.partial(side, root=str(tmp_path / "mr")), functools.partial(side, root=None))
     with pytest.raises(ValueError, match=r"no row with domain in \['xray'\]"):
         UnpairedDataset("train", side, side, manifest=str(manifest), domains=["mr", "xray"],
                         cache_dir=str(tmp_path / "cache"))

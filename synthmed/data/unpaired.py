@@ -51,6 +51,11 @@ class UnpairedDataset(Dataset):
             roots = split_manifest(Path(manifest), domain_column, tuple(domains), cache_dir)
             self.source, self.target = source(split=split, root=roots[0]), target(split=split, root=roots[1])
         else:
+            for side, make in (("source", source), ("target", target)):
+                if getattr(make, "keywords", {}).get("root", "") is None:
+                    raise ValueError(f"dataset=unpaired reads two collections: pass dataset.source_root=<folder or "
+                                     f"CSV> and dataset.target_root=<folder or CSV> (dataset.{side}_root is not "
+                                     "set), or dataset.manifest=<CSV with a domain column>")
             self.source, self.target = source(split=split), target(split=split)
         for side, ds in (("source", self.source), ("target", self.target)):
             if len(ds) == 0:
@@ -98,7 +103,7 @@ def split_manifest(manifest: Path, column: str, domains: tuple[str, ...], cache_
     if len(domains) != 2 or domains[0] == domains[1]:
         raise ValueError(f"dataset.datamodule.dataset.domains must be two different values, got {list(domains)}")
     if not manifest.is_file():
-        raise FileNotFoundError(f"dataset.datamodule.dataset.manifest: {manifest} is not a file")
+        raise FileNotFoundError(f"dataset.manifest: {manifest} is not a file")
     if cache_dir is None:
         raise ValueError("dataset.datamodule.dataset.cache_dir must be set to cut a manifest into domains")
     with open(manifest, newline="") as f:
