@@ -70,6 +70,11 @@ def check_dataset(cfg: DictConfig) -> None:
     if "root" in data and data.root in (None, "???") and OmegaConf.is_interpolation(nested, "root"):
         raise ValueError(f"dataset={data.get('name')} reads your files: pass dataset.root=<folder or CSV manifest> "
                          "(see conf/dataset/ for what the folder holds)")
+    for key in ("source_root", "target_root"):  # dataset=unpaired: two collections, or one manifest
+        if key in data and data.get(key) is None and data.get("manifest") is None:
+            raise ValueError(f"dataset={data.get('name')} reads two collections: pass dataset.source_root=<folder or "
+                             f"CSV> and dataset.target_root=<folder or CSV> (dataset.{key} is not set), or "
+                             "dataset.manifest=<CSV with a domain column>")
     if "image_shape" not in data or "size" not in data:
         return
     given = [int(s) for s in data.image_shape]

@@ -13,11 +13,14 @@ from synthmed.tracking.confighash import config_hash
 from tests.conftest import compose_train
 
 DATASETS = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
-FILE_BASED = [d for d in DATASETS if not d.startswith("phantom")]
+FILE_BASED = [d for d in DATASETS if not d.startswith("phantom") and d != "unpaired"]  # one root each
+TWO_ROOTS = ["dataset.source_root={root}/mr", "dataset.target_root={root}/ct"]  # dataset=unpaired
 
 
 def _smoke(tmp_path, dataset: str, *extra: str):
     root = [] if dataset.startswith("phantom") else [f"dataset.root={tmp_path / 'data'}"]
+    if dataset == "unpaired":
+        root = [r.format(root=tmp_path / "data") for r in TWO_ROOTS]
     return compose_train(tmp_path, [f"dataset={dataset}", "debug=smoke", *root, *extra])
 
 
@@ -51,6 +54,18 @@ def test_dataset_root_and_the_old_spelling_are_one_config(tmp_path, dataset):
 def test_a_missing_root_names_dataset_root_before_any_work(tmp_path, dataset):
     with pytest.raises(ValueError, match=rf"dataset={dataset}.*pass dataset\.root="):
         check_dataset(compose_train(tmp_path, [f"dataset={dataset}"]))
+
+
+def test_unpaired_collections_are_two_short_roots_or_a_manifest(tmp_path):
+    with pytest.raises(ValueError, match=r"dataset\.source_root=.*dataset\.target_root"):
+        check_dataset(compose_train(tmp_path, ["dataset=unpaired"]))
+    with pytest.raises(ValueError, match=r"dataset\.target_root is not set"):
+        check_dataset(compose_train(tmp_path, ["dataset=unpaired", "dataset.source_root=/d/mr"]))
+    cfg = compose_train(tmp_path, ["dataset=unpaired", *(r.format(root="/d") for r in TWO_ROOTS)])
+    check_dataset(cfg)
+    nested = cfg.dataset.datamodule.dataset
+    assert (nested.source.root, nested.target.root) == ("/d/mr", "/d/ct")
+    check_dataset(compose_train(tmp_path, ["dataset=unpaired", "dataset.manifest=/d/all.csv"]))
 
 
 @pytest.mark.parametrize("overrides,shape", [

@@ -62,6 +62,6 @@ def test_readme_blocks_run(tmp_path):
     script = tmp_path / "readme.sh"
     script.write_text(R.script(selected))
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=1500)  # ~36 commands, ~10 min on 2 idle cores
     assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     assert done.stdout.count("### README block") == len(selected)
