@@ -153,3 +153,4 @@ def test_submitit_local_sweep_gives_two_children_under_one_parent(run_root):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert all(names.MS_SSIM_DIVERSITY in final_metrics(client, c) for c in children)
     assert list(run_root.glob("multirun/*/*/.submitit/*")), "jobs did not go through submitit"
+    assert "synthmed sweep: jobs submitted; their output goes to" in proc.stderr  # not silent: where to look

@@ -64,6 +64,11 @@ class MLflowSweepCallback(Callback):
         self._previous: dict[int, Any] = {}
         self._progress: SweepProgress | None = None
 
+    def __getstate__(self) -> dict:
+        """Launchers that pickle the job's context (submitit) pickle this callback too: the progress thread and
+        the saved signal handlers stay with the sweep's own process (a job needs neither)."""
+        return self.__dict__ | {"_progress": None, "_previous": {}}
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             uri = mt.check_store(config)  # before any job: sqlite on a shared mount, or a server that is down
