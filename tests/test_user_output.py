@@ -86,11 +86,15 @@ def test_preflight_skipped_files_are_in_the_run_record():
     from synthmed.train import dataset_record
 
     bad = [BadFile("/data/a.nii.gz", "constant (min == max)"), BadFile("/data/b.nii", "not a NIfTI file")]
-    train_set = SimpleNamespace(quarantine=bad)
+    class Split(list):  # a training split of 5 items with what the pre-flight check skipped
+        quarantine = bad
+
+    train_set = Split(range(5))
     datamodule = SimpleNamespace(split=lambda name: train_set, fingerprint="f", intensity={})
     cfg = OmegaConf.create({"dataset": {"name": "nifti", "spatial_dims": 3}})
     assert dataset_record(cfg, datamodule)["skipped_files"] == [str(b) for b in bad]
     assert "/data/a.nii.gz" in dataset_record(cfg, datamodule)["skipped_files"][0]
+    assert dataset_record(cfg, datamodule)["n_train"] == 5  # what the model and dataset cards report
     train_set.quarantine = []
     assert dataset_record(cfg, datamodule)["skipped_files"] == []
 
