@@ -7,6 +7,7 @@ so a probe trains in a fraction of a second; augmented batches are embedded per 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from synthmed.metrics.domain import EncoderBank, EncoderSettings
 
 
-class UtilityClassifier:
+class UtilityClassifier(ABC):
     """What every regime trains: the same steps, batch size and optimizer (AdamW) for every regime.
 
     Args:
@@ -43,16 +44,17 @@ class UtilityClassifier:
     def prepare(self, train: Tensor, cond: Mapping[str, Tensor] | None = None, fingerprint: str | None = None) -> None:
         """Fit what stays frozen, once per data set, from the full real training split ``[N, C, *spatial]`` (its
         covariates, never its labels: the label must be learned from each regime's own training set)."""
+        return None  # default: nothing frozen (an end-to-end network)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
         """Images ``[N, C, *spatial]`` -> the head's inputs ``[N, ...]``."""
         return images
 
+    @abstractmethod
     def head(self, example: Tensor) -> nn.Module:
         """A fresh trainable head for inputs shaped like ``example`` ``[C, *spatial]`` (or ``[F]``), output
         ``[B, 1]`` logits; initialized from the caller's (seeded) global RNG."""
-        raise NotImplementedError
 
 
 class CNNClassifier(UtilityClassifier):
