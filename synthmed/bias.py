@@ -77,7 +77,11 @@ def headline_metrics(report: dict) -> dict[str, float]:
         out[names.per_grouping(names.BIAS_REPRESENTATION_MAX_GAP, name)] = max(abs(g["gap"]["value"])
                                                                               for g in vs["groups"])
         out[names.per_grouping(names.BIAS_READER_FLOOR_TVD, name)] = rep["reader_floor"]["tvd"]["value"]
-        out[names.per_grouping(names.BIAS_KID_DIFFERENCE, name)] = report["fidelity"][name]["kid_gap"]["difference"]
+        fid = report["fidelity"][name]
+        out[names.per_grouping(names.BIAS_KID_DIFFERENCE, name)] = fid["kid_gap"]["difference"]
+        for label, gap in fid.get("by_label", {}).get("kid_gap", {}).items():  # e.g. ..._sex_x_label_1
+            out[names.per_grouping(names.BIAS_KID_DIFFERENCE, f"{name}{fair.INTERSECT_SEP}label", label)] = \
+                gap["difference"]
     keys = {"auroc": names.BIAS_AUROC_DIFFERENCE, "sensitivity": names.BIAS_SENSITIVITY_DIFFERENCE,
             "fnr": names.BIAS_FNR_DIFFERENCE, "fpr": names.BIAS_FPR_DIFFERENCE}
     for name, d in report["downstream"].get("by_grouping", {}).items():

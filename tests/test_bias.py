@@ -209,6 +209,54 @@ def test_fidelity_per_group_scores_each_group_on_its_own_images():
     assert a["memorization_rate"]["n"] == 100
 
 
+def test_fidelity_per_group_x_label_cells_by_hand_with_min_n():
+    """Cells are scored as groups are (the same references), small cells are listed with their counts and left out
+    of the gap, and the cells' KID gap compares groups within one class."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from synthmed.metrics.features import kid, precision_recall
+    from synthmed.reports.bias import fidelity_md
+
+    gen = torch.Generator().manual_seed(0)
+    fake, real = torch.randn(150, 4, generator=gen), torch.randn(140, 4, generator=gen)
+    fg, fl = np.array(["a"] * 100 + ["b"] * 50), np.r_[np.zeros(70), np.ones(30), np.zeros(42), np.ones(8)]
+    rg, rl = np.array(["a"] * 70 + ["b"] * 70), np.r_[np.zeros(45), np.ones(25), np.zeros(45), np.ones(25)]
+    fake[100:142] += 2.0  # cell b x 0 of the generated images is off: it, not a x 0, is the worst healthy cell
+    memorized = np.zeros(150, bool)
+    memorized[70:76] = True  # 6 of the 30 generated a x 1 images
+    out = B.fidelity_layer(fake, {"g": fg}, real, {"g": rg}, memorized, fake_label=fl, real_label=rl, min_n=20,
+                           kid_subsets=5)["g"]
+    cells = out["by_label"]
+    assert sorted(cells["groups"]) == ["a x 0", "a x 1", "b x 0", "b x 1"]
+    a1, b0, b1 = cells["groups"]["a x 1"], cells["groups"]["b x 0"], cells["groups"]["b x 1"]
+    assert (a1["group"], a1["label"], a1["n_fake"], a1["n_real"]) == ("a", "1", 30, 25)
+    assert a1["kid"]["value"] == pytest.approx(kid(real[45:70], fake[70:100], subsets=5, subset_size=25)[0])
+    assert (a1["precision"], a1["recall"]) == pytest.approx(precision_recall(real[45:70], fake[70:100], 3))
+    low, high = proportion_confint(6, 30, method="wilson")
+    assert a1["memorization_rate"] == pytest.approx({"value": 0.2, "low": low, "high": high, "n": 30,
+                                                     "undefined": None})
+    assert not b1["scored"] and (b1["n_fake"], b1["n_real"]) == (8, 25) and "kid" not in b1  # 8 < min_n
+    assert cells["excluded"] == [{"group": "b x 1", "n_fake": 8, "n_real": 25, "why": b1["skipped"]}]
+    healthy, lesion = cells["kid_gap"]["0"], cells["kid_gap"]["1"]
+    assert healthy["worst_group"] == "b x 0" and healthy["groups_compared"] == ["a x 0", "b x 0"]
+    assert healthy["difference"] == pytest.approx(b0["kid"]["value"] - cells["groups"]["a x 0"]["kid"]["value"])
+    assert lesion["groups_compared"] == ["a x 1"] and np.isnan(lesion["difference"])  # one scored cell: no gap
+    assert out["groups"]["a"]["n_fake"] == 100 and out["excluded"] == []  # the groups themselves are unchanged
+    text = "\n".join(fidelity_md({"g": out}, "requested label"))
+    assert "left out of the gap (counts above): b x 1 (n_fake=8, n_real=25: below min_n=20 on a side)" in text
+    assert "#### by g x label" in text
+
+
+def test_fidelity_cells_take_the_requested_label_else_the_read_one():
+    from synthmed.evaluation.bias import fidelity_labels
+
+    requested, read, true = {"label": np.array([1, 0])}, np.array([0, 0]), {"label": np.array([1, 1, 0])}
+    assert fidelity_labels(requested, read, true)[0].tolist() == [1, 0]
+    assert fidelity_labels({"sex": np.array([0, 1])}, read, true) == (read, "read by the in-domain lesion reader")
+    assert fidelity_labels(None, None, true)[0] is None
+    assert fidelity_labels(requested, read, {"sex": np.array([0])})[0] is None  # no true labels: no cells
+
+
 def test_bad_predictions_are_refused_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"missing columns \['age'\]"):
         B.downstream_layer(pd.DataFrame(columns=[c for c in B.PREDICTION_COLUMNS if c != "age"]), ["sex"], [20, 90],
@@ -261,9 +309,10 @@ def test_generator_under_representing_a_sex_is_caught(phantom_splits, readers):
 
 
 # ------------------------------------------------------------------------------------------------------ command
-def untrained_run(root, template):
-    """A FINISHED run record of an untrained tiny VAE on the planted-bias phantoms: config and a weights-only
-    checkpoint, what `synthmed bias` restores (training is not what this test is about, and costs a minute)."""
+def untrained_run(root, template, overrides=("dataset=phantom2d_bias",)):
+    """A FINISHED run record of an untrained tiny VAE (default: on the planted-bias phantoms): config and a
+    weights-only checkpoint, what `synthmed bias` restores (training is not what this test is about, and costs a
+    minute)."""
     import shutil
 
     from mlflow.tracking import MlflowClient
@@ -273,7 +322,7 @@ def untrained_run(root, template):
     from tests.conftest import compose_train
 
     shutil.copy(template, root / "mlflow.db")
-    cfg = compose_train(root, ["model=vae", "dataset=phantom2d_bias", "debug=smoke"])
+    cfg = compose_train(root, ["model=vae", *overrides, "debug=smoke"])
     model = instantiate(cfg.model, "model")
     (root / "rec" / "config").mkdir(parents=True)
     (root / "rec" / "checkpoints").mkdir()
@@ -334,5 +383,25 @@ def test_bias_command_logs_a_child_report(tmp_path, mlflow_template):
     assert names.per_grouping(names.gap_change(names.BIAS_FNR_DIFFERENCE), "sex") in child.data.metrics
     assert set(saved["representation"]) == {"sex", "age_band", "sex x age_band"}
     assert set(saved["rare_class"]) == {"sex", "age_band", "sex x age_band"}  # unconditional: lesion rate per group
+    assert saved["fidelity_label_source"] == "read by the in-domain lesion reader"  # unconditional: cells by reading
+    cells = saved["fidelity"]["sex"]["by_label"]["groups"]
+    assert sum(c["n_fake"] for c in cells.values()) == 32 and {c["label"] for c in cells.values()} <= {"0", "1"}
     page = (folder / "bias.html").read_text()
     assert "data:image/png;base64," in page and "http" not in page  # self-contained: nothing fetched
+
+
+def test_bias_command_on_a_3d_run(tmp_path, mlflow_template):
+    """3D volumes (16^3 phantoms) go through the same three layers: the readers are 3D encoders, every layer is
+    there, and the cells of layer 2 hold every generated volume once."""
+    from synthmed.bias import bias
+    from tests.conftest import compose_train
+
+    _, run = untrained_run(tmp_path, mlflow_template, ["dataset=phantom3d", "dataset.size=16"])
+    report = bias(compose_train(tmp_path, [f"run={run.info.run_id}", "n_samples=24", "n_boot=50", "min_n=5",
+                                           "metrics.domain_steps=10", "kid_subsets=3", "split=test"],
+                                config_name="bias"))
+    assert "(3D," in report["reader"]["reader.encoder"] and report["n_fake"] == 24 and report["n_real"] == 32
+    assert set(report["representation"]) == set(report["fidelity"]) == {"sex", "age_band"}
+    cells = report["fidelity"]["age_band"]["by_label"]["groups"]
+    assert sum(c["n_fake"] for c in cells.values()) == 24 and sum(c["n_real"] for c in cells.values()) == 32
+    assert (tmp_path / "outputs" / "job" / "bias" / "bias.html").is_file()

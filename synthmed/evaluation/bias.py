@@ -84,9 +84,25 @@ def image_layers(fake: Tensor, train: Tensor, train_cond: Mapping[str, Tensor], 
     flags = B.memorized_flags(fake, train, real, memorization_quantile) if real.shape[0] >= 2 else None
     fake_groups = fair.group_columns(B.clip_ages(fake_read, edges), by, edges, intersect)
     real_groups = fair.group_columns(true, by, edges, intersect)
-    out["fidelity"] = B.fidelity_layer(fake_feats, fake_groups, real_feats, real_groups, flags, min_n=min_n,
+    cell_label, out["fidelity_label_source"] = fidelity_labels(requested, fake_label, true)
+    out["fidelity"] = B.fidelity_layer(fake_feats, fake_groups, real_feats, real_groups, flags,
+                                       fake_label=cell_label, real_label=true.get("label"), min_n=min_n,
                                        kid_subsets=kid_subsets, pr_k=pr_k, dc_k=dc_k, seed=seed)
     return out
+
+
+def fidelity_labels(requested: Mapping[str, np.ndarray] | None, read_label: np.ndarray | None,
+                    real_true: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
+    """The class of each generated image for the group x label cells of layer 2, ``[n_fake]``, and where it
+    came from: the requested label (conditional samples), else the lesion reader's reading, else None (with why).
+    Real images are placed by their true label, so cells need ``label`` on the real side too."""
+    if "label" not in real_true:
+        return None, "none: the real images carry no label, so there are no group x label cells"
+    if requested and "label" in requested:
+        return np.asarray(requested["label"]), "requested label"
+    if read_label is not None:
+        return read_label, "read by the in-domain lesion reader"
+    return None, "none: the samples were not read for their label (read_label=false)"
 
 
 def model_layers(model: GenerativeModule, datamodule, encoders: EncoderBank, *, n_samples: int, seed: int,

@@ -150,10 +150,12 @@ def rare_class_layer(fake_label: np.ndarray, fake_groups: Mapping[str, np.ndarra
 
 # ---------------------------------------------------------------------------------------------------- 2 fidelity
 def fidelity_layer(fake_feats: Tensor, fake_groups: Mapping[str, np.ndarray], real_feats: Tensor,
-                   real_groups: Mapping[str, np.ndarray], memorized: np.ndarray | None, *, min_n: int = 20,
+                   real_groups: Mapping[str, np.ndarray], memorized: np.ndarray | None, *,
+                   fake_label: np.ndarray | None = None, real_label: np.ndarray | None = None, min_n: int = 20,
                    kid_subsets: int = 50, pr_k: int = 3, dc_k: int = 5, seed: int = 0) -> dict:
     """Per grouping and group: KID (mean, std over subsets), precision, recall, coverage, memorization rate, and
-    the in-domain Frechet distance where both sides have more images than feature dimensions.
+    the in-domain Frechet distance where both sides have more images than feature dimensions; with labels on both
+    sides, the same per group x label cell (``by_label``).
 
     Args:
         fake_feats, real_feats: in-domain features ``[n_fake, F]``, ``[n_real, F]``.
@@ -161,20 +163,61 @@ def fidelity_layer(fake_feats: Tensor, fake_groups: Mapping[str, np.ndarray], re
         real_groups: true group of each real held-out image, grouping -> ``[n_real]``.
         memorized: per generated image, whether it lies nearer a training image than held-out images do
             (``memorization``), ``[n_fake]`` bool, or None.
-        min_n: a group needs min_n images on both sides to be scored (KID of 3 images is noise); smaller ones
-            are listed with their counts.
+        fake_label: class of each generated image ``[n_fake]`` (requested, or read by the lesion reader), or None.
+        real_label: true class of each real held-out image ``[n_real]``, or None.
+        min_n: a group (or cell) needs min_n images on both sides to be scored (KID of 3 images is noise);
+            smaller ones are listed with their counts and left out of the gap.
+
+    Returns:
+        Per grouping: ``groups`` (group -> row), ``kid_gap`` over the scored groups (``gap_stats`` plus
+        ``groups_compared``), ``excluded`` (group, counts, why); with labels, ``by_label``: ``groups`` (cell
+        ``"<group> x <label>"`` -> row with ``group`` and ``label``), ``kid_gap`` per label (the groups compared
+        among images of one class: a lesion cell is not compared with a healthy one) and ``excluded``.
     """
+    kw = {"min_n": min_n, "kid_subsets": kid_subsets, "pr_k": pr_k, "dc_k": dc_k, "seed": seed}
+    labelled = fake_label is not None and real_label is not None
     out = {}
     for name in fake_groups:
         fg, rg = np.asarray(fake_groups[name]), np.asarray(real_groups[name])
-        rows = {}
-        for g in sorted(set(fg) | set(rg)):
-            f, r = torch.as_tensor(fg == g), torch.as_tensor(rg == g)
-            rows[g] = _group_fidelity(fake_feats[f], real_feats[r], memorized[fg == g] if memorized is not None
-                                      else None, min_n, kid_subsets, pr_k, dc_k, seed)
-        scored = {g: v["kid"]["value"] for g, v in rows.items() if v["scored"]}
-        out[name] = {"groups": rows, "kid_gap": fair.gap_stats(scored, higher_is_better=False)}
+        rows = _fidelity_rows(fake_feats, fg, real_feats, rg, memorized, **kw)
+        out[name] = {"groups": rows, "kid_gap": _kid_gap(rows), "excluded": _excluded(rows)}
+        if labelled:
+            out[name]["by_label"] = _label_cells(fake_feats, fg, np.asarray(fake_label), real_feats, rg,
+                                                 np.asarray(real_label), memorized, kw)
     return out
+
+
+def _label_cells(fake_feats, fg, fake_label, real_feats, rg, real_label, memorized, kw) -> dict:
+    """The group x label cells of one grouping, scored as groups are; the KID gap within each label."""
+    fc, rc = fair.with_label(fg, fake_label), fair.with_label(rg, real_label)
+    rows = _fidelity_rows(fake_feats, fc, real_feats, rc, memorized, **kw)
+    for cell, row in rows.items():
+        row["group"], row["label"] = cell.rsplit(fair.INTERSECT_SEP, 1)
+    labels = sorted({row["label"] for row in rows.values()})
+    gaps = {lab: _kid_gap({c: r for c, r in rows.items() if r["label"] == lab}) for lab in labels}
+    return {"groups": rows, "kid_gap": gaps, "excluded": _excluded(rows)}
+
+
+def _fidelity_rows(fake_feats: Tensor, fg: np.ndarray, real_feats: Tensor, rg: np.ndarray, memorized, *,
+                   min_n, kid_subsets, pr_k, dc_k, seed) -> dict[str, dict]:
+    """Group -> fidelity row, for the groups seen on either side (``fg`` ``[n_fake]``, ``rg`` ``[n_real]``)."""
+    rows = {}
+    for g in sorted(set(fg) | set(rg)):
+        f, r = torch.as_tensor(fg == g), torch.as_tensor(rg == g)
+        rows[str(g)] = _group_fidelity(fake_feats[f], real_feats[r], memorized[fg == g] if memorized is not None
+                                       else None, min_n, kid_subsets, pr_k, dc_k, seed)
+    return rows
+
+
+def _kid_gap(rows: Mapping[str, dict]) -> dict:
+    """KID gap statistics over the scored groups (lower KID is better), naming the groups compared."""
+    scored = {g: v["kid"]["value"] for g, v in rows.items() if v["scored"]}
+    return fair.gap_stats(scored, higher_is_better=False) | {"groups_compared": sorted(scored)}
+
+
+def _excluded(rows: Mapping[str, dict]) -> list[dict]:
+    return [{"group": g, "n_fake": v["n_fake"], "n_real": v["n_real"], "why": v["skipped"]}
+            for g, v in rows.items() if not v["scored"]]
 
 
 def _group_fidelity(fake: Tensor, real: Tensor, memorized, min_n, kid_subsets, pr_k, dc_k, seed) -> dict:

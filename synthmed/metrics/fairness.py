@@ -73,6 +73,14 @@ def group_columns(attrs: Mapping[str, np.ndarray], by: Sequence[str], edges: Seq
     return out
 
 
+def with_label(groups: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Group x label cell labels ``"<group> x <label>"`` ``[n]`` of group labels and class labels, each ``[n]``."""
+    groups, label = np.asarray(groups), np.asarray(label)
+    if groups.shape != label.shape:
+        raise ValueError(f"label: expected one class per image ({groups.shape}), got {label.shape}")
+    return np.array([f"{g}{INTERSECT_SEP}{float(c):g}" for g, c in zip(groups, label)], dtype=str)
+
+
 # ---------------------------------------------------------------------------------------------- classifier metrics
 @dataclass(frozen=True)
 class Metric:

@@ -99,7 +99,7 @@ def rare_class_md(rare: dict) -> list[str]:
     return out
 
 
-def fidelity_md(fid: dict) -> list[str]:
+def fidelity_md(fid: dict, label_source: str | None = None) -> list[str]:
     out = ["## 2. Fidelity per group",
            "In-domain features; generated images grouped by their reading, real held-out images by their truth. "
            "KID is unbiased at small n (mean ± std over subsets); the Frechet distance is biased by n, so it is "
@@ -107,18 +107,38 @@ def fidelity_md(fid: dict) -> list[str]:
            "similar n; precision/recall/coverage as the metric suite; "
            "memorization: share of generated images nearer a training image than held-out images usually are "
            "(Wilson 95 % interval).", ""]
+    if label_source:
+        out += [f"Group x label cells: generated images by their class ({label_source}), real held-out images by "
+                f"their true class; the KID gap of the cells compares groups within one class.", ""]
     for name, f in fid.items():
-        rows = []
-        for g, v in f["groups"].items():
-            kid = f"{num(v['kid']['value'])} ± {num(v['kid']['std'], 2)}" if v.get("kid") else v.get("skipped", "–")
-            rows.append([g, str(v["n_fake"]), str(v["n_real"]), kid, num(v.get("fd_domain")), num(v.get("precision")),
-                         num(v.get("recall")), num(v.get("coverage")), ci(v.get("memorization_rate"))])
-        gap = f["kid_gap"]
-        out += [f"### by {name}", *_table(["group", "n gen.", "n real", "KID", "FD (in-domain)", "precision", "recall",
-                                             "coverage", "memorization rate [95% CI]"], rows), "",
-                f"KID difference (largest - smallest scored group): {num(gap['difference'])}, worst group "
-                f"{gap['worst_group']}.", ""]
+        out += [f"### by {name}", *_fidelity_table(f["groups"]), "", _kid_gap_line("", f["kid_gap"], f["excluded"]),
+                ""]
+        if "by_label" in f:
+            cells = f["by_label"]
+            out += [f"#### by {name} x label", *_fidelity_table(cells["groups"], label=True), ""]
+            out += [_kid_gap_line(f"label {lab}: ", gap, [e for e in cells["excluded"]
+                                                         if cells["groups"][e["group"]]["label"] == lab])
+                    for lab, gap in cells["kid_gap"].items()] + [""]
     return out
+
+
+def _fidelity_table(rows: dict, label: bool = False) -> list[str]:
+    body = []
+    for g, v in rows.items():
+        kid = f"{num(v['kid']['value'])} ± {num(v['kid']['std'], 2)}" if v.get("kid") else v.get("skipped", "–")
+        where = [v["group"], v["label"]] if label else [g]
+        body.append([*where, str(v["n_fake"]), str(v["n_real"]), kid, num(v.get("fd_domain")),
+                     num(v.get("precision")), num(v.get("recall")), num(v.get("coverage")),
+                     ci(v.get("memorization_rate"))])
+    return _table([*(["group", "label"] if label else ["group"]), "n gen.", "n real", "KID", "FD (in-domain)",
+                   "precision", "recall", "coverage", "memorization rate [95% CI]"], body)
+
+
+def _kid_gap_line(prefix: str, gap: dict, excluded: list[dict]) -> str:
+    left = "; ".join(f"{e['group']} ({e['why']})" for e in excluded)
+    return (f"{prefix}KID difference (largest - smallest scored group): {num(gap['difference'])}, worst group "
+            f"{gap['worst_group']}; compared: {', '.join(gap['groups_compared']) or 'none'}"
+            + (f"; left out of the gap (counts above): {left}." if left else "."))
 
 
 def downstream_md(down: dict) -> list[str]:
@@ -206,7 +226,8 @@ def markdown(report: dict, images: list[tuple[str, Path]]) -> str:
         body += conditioning_md(report["conditioning"])
     if report.get("rare_class"):
         body += rare_class_md(report["rare_class"])
-    body += fidelity_md(report["fidelity"]) + downstream_md(report["downstream"])
+    body += fidelity_md(report["fidelity"], report.get("fidelity_label_source"))
+    body += downstream_md(report["downstream"])
     body += ["## Plots", "", *(f"![by {n}]({p.name})" for n, p in images), ""]
     return "\n".join(head + body)
 
