@@ -137,7 +137,7 @@ def _fidelity_table(rows: dict, label: bool = False) -> list[str]:
 def _kid_gap_line(prefix: str, gap: dict, excluded: list[dict]) -> str:
     left = "; ".join(f"{e['group']} ({e['why']})" for e in excluded)
     return (f"{prefix}KID difference (largest - smallest scored group): {num(gap['difference'])}, worst group "
-            f"{gap['worst_group']}; compared: {', '.join(gap['groups_compared']) or 'none'}"
+            f"{gap['worst_group'] or '–'}; compared: {', '.join(gap['groups_compared']) or 'none'}"
             + (f"; left out of the gap (counts above): {left}." if left else "."))
 
 
