@@ -110,6 +110,30 @@ def torch_home(weights_home, monkeypatch):
     return weights_home
 
 
+@pytest.fixture(scope="session")
+def warm_synthmed(tmp_path_factory):
+    """Path of a `synthmed` executable that runs each command in a fork of one pre-imported server
+    (tests/warm_cli.py): for tests that run many CLI commands through a shell. Shared by the session."""
+    import subprocess
+    import sys
+
+    from tests import warm_cli
+
+    folder = tmp_path_factory.mktemp("warm")
+    sock = str(folder / "s.sock")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    server = subprocess.Popen([sys.executable, str(repo / "tests" / "warm_cli.py"), sock], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, text=True, env=env, cwd=folder)
+    if server.stdout.readline().strip() != "ready":
+        server.kill()
+        raise RuntimeError(f"the warm synthmed server did not start (exit {server.wait()})")
+    (folder / "bin").mkdir()
+    yield warm_cli.write_shim(str(folder / "bin" / "synthmed"), sock)
+    server.terminate()
+    server.wait(timeout=30)
+
+
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, installed by `make test-setup`; Playwright's download cannot work offline
 
 

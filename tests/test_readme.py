@@ -48,20 +48,30 @@ def test_runner_refuses_unknown_placeholders():
         R.blocks("<!-- readme-test: skip -->\n```bash\nls\n```\n")
 
 
+def test_the_console_script_runs_cold():
+    """The installed `synthmed` entry point itself (the README blocks below run through a warm fork of it)."""
+    synthmed = shutil.which("synthmed", path=str(Path(sys.executable).parent)) or shutil.which("synthmed")
+    assert synthmed, "the synthmed console script is not installed next to this python"
+    done = subprocess.run([synthmed, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: synthmed <command>" in done.stdout
+    done = subprocess.run([synthmed, "no-such-command"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "unknown command 'no-such-command'" in done.stderr
+
+
 @pytest.mark.slow
-def test_readme_blocks_run(tmp_path):
+def test_readme_blocks_run(tmp_path, warm_synthmed):
+    """Each `synthmed` line runs as a user's would, in a fresh process forked from one that imported torch & co once
+    (tests/warm_cli.py): ~36 commands would otherwise spend ~5 minutes of the suite importing."""
     selected = [b for b in R.blocks(R.readme(REPO)) if b.skip is None]
     bin_dir = Path(sys.executable).parent
-    synthmed = shutil.which("synthmed", path=str(bin_dir)) or shutil.which("synthmed")
-    assert synthmed, "the synthmed console script is not installed next to this python"
     (tmp_path / "home").mkdir()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(SYNTHMED_BIN=synthmed, README_ROOT=str(tmp_path), HOME=str(tmp_path / "home"),
-               PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+    env.update(SYNTHMED_BIN=warm_synthmed, README_ROOT=str(tmp_path), HOME=str(tmp_path / "home"),
+               PATH=f"{Path(warm_synthmed).parent}{os.pathsep}{bin_dir}{os.pathsep}{env.get('PATH', '')}",
                PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}")
     script = tmp_path / "readme.sh"
     script.write_text(R.script(selected))
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=1500)  # ~36 commands, ~10 min on 2 idle cores
+                          timeout=1500)  # ~36 commands, ~5 min on 2 idle cores
     assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     assert done.stdout.count("### README block") == len(selected)
