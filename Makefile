@@ -41,7 +41,7 @@ lint: venv  ## layer contracts (import-linter) and ruff lint
 	$(VENV)/bin/ruff check synthmed tests benchmarks experiments
 
 test: test-setup lint  ## lint, then the whole test suite (what CI runs)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25  # the slowest tests are named in every CI log
 
 test-fast: test-setup  ## the fast tier only (skips tests marked slow)
 	$(PY) -m pytest -q -m "not slow"
