@@ -249,3 +249,42 @@ def test_translate_b2a_swaps_the_recorded_mappings_and_refuses_one_way_models(tm
         swapped = direction == "b2a"
         assert restored.dataset == ({"intensity": ct, "target_intensity": mr} if swapped else
                                     {"intensity": mr, "target_intensity": ct})
+
+
+# ---- resume --------------------------------------------------------------------------------------------------------
+# 16 unpaired training items, batch 4: the kill lands mid-epoch, after the pools (4 images each) are full, so the
+# resumed run's first discriminator step already draws from the restored pool.
+RESUME = [*TINY, "dataset.datamodule.dataset.n_train=16", "trainer.max_steps=7", "trainer.val_check_interval=3",
+          "eval.n_samples=4", "eval.metrics=[ms_ssim_diversity]", "~callbacks.generation_metrics"]
+
+
+@pytest.mark.slow
+def test_cyclegan_killed_and_resumed_equals_uninterrupted(tmp_path, mlflow_template, monkeypatch):
+    """The standard of tests/test_resume.py for CycleGAN: its image pools travel in the checkpoint (as tensors that
+    load with weights_only=True), so the resumed run ends with the uninterrupted run's weights, bit for bit."""
+    with one_thread():  # tiny convolutions: one thread is several times faster on a shared CPU
+        _killed_and_resumed(tmp_path, mlflow_template, monkeypatch)
+
+
+def _killed_and_resumed(tmp_path, mlflow_template, monkeypatch) -> None:
+    import synthmed.train as train_module
+    from tests.test_resume import KILL_AT, SigtermAt, _final_state, _fresh_root
+
+    straight = train_module.train(compose_train(_fresh_root(tmp_path, mlflow_template, "straight"), RESUME))
+    root = _fresh_root(tmp_path, mlflow_template, "killed")
+    original = train_module.build_callbacks
+    monkeypatch.setattr(train_module, "build_callbacks", lambda cfg, suite: [*original(cfg, suite), SigtermAt(KILL_AT)])
+    with pytest.raises(SystemExit):
+        train_module.train(compose_train(root, RESUME))
+    monkeypatch.setattr(train_module, "build_callbacks", original)
+    saved = torch.load(root / "outputs/job/checkpoints/on_exception.ckpt", map_location="cpu", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in saved["image_pools"].items()} == {"a": (4, 1, 16, 16), "b": (4, 1, 16, 16)}
+
+    cfg = compose_train(root, [*RESUME, "resume=last"])
+    cfg.paths.output_dir = str(root / "outputs" / "resumed")
+    resumed = train_module.train(cfg)
+    a, b = _final_state(tmp_path / "straight"), _final_state(root, "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"{key} differs after resume")
+    assert resumed == pytest.approx(straight, rel=0, abs=0)
