@@ -233,6 +233,37 @@ def test_final_json_holds_the_hu_metrics(trained):
     assert history[-1].value == pytest.approx(final["metrics"][names.MAE_HU]) and history[-1].step == final["step"]
 
 
+def test_final_record_holds_the_lesion_rates_with_n_and_interval(trained):
+    """The phantom's CTs carry lesion labels, so the final evaluation trains a CT lesion reader and reads the
+    translations of the 2 scored val MRs (tests/test_unpaired.py checks what the rates mean)."""
+    _, client, run = trained
+    final = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics/final.json")).read_text())["metrics"]
+    assert final[names.LESION_N_POSITIVE] + final[names.LESION_N_NEGATIVE] == 2  # eval.n_samples distinct inputs
+    for key, n_key in ((names.LESION_PRESERVED_RATE, names.LESION_N_POSITIVE),
+                       (names.LESION_APPEARED_RATE, names.LESION_N_NEGATIVE)):
+        if final[n_key]:
+            assert final[names.ci_low(key)] <= final[key] <= final[names.ci_high(key)], key
+            assert (final[key] * final[n_key]) == pytest.approx(round(final[key] * final[n_key]))  # k of n
+        for logged in (key, names.ci_low(key), n_key, names.on_real(key)):
+            history = client.get_metric_history(run.info.run_id, logged)
+            assert history[-1].step == 2 and history[-1].value == pytest.approx(final[logged], nan_ok=True), logged
+    assert "lesion_reader.weights_sha256" in {k.removeprefix("synthmed.") for k in run.data.tags}
+
+
+def test_evaluate_reads_the_lesion_rates_of_a_translator_run(trained, capsys):
+    from synthmed.evaluate import evaluate
+
+    root, client, run = trained
+    ev = evaluate(compose_train(root, [f"run={run.info.run_id}", "n_samples=4", "child_run=true",
+                                       "metrics.metrics=[ms_ssim_diversity]", "metrics.domain_steps=20"],
+                                config_name="evaluate"))
+    values = ev.result.values
+    assert values[names.LESION_N_POSITIVE] + values[names.LESION_N_NEGATIVE] == 4
+    assert {names.ci_high(names.LESION_APPEARED_RATE), names.on_real(names.LESION_APPEARED_RATE)} <= set(values)
+    printed = json.loads(capsys.readouterr().out)  # stdout stays one JSON document
+    assert printed["metrics"][names.LESION_N_NEGATIVE] == values[names.LESION_N_NEGATIVE]
+
+
 def test_translate_writes_marked_outputs_without_input_headers(trained, tmp_path):
     from synthmed.translate import translate
 

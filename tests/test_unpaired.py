@@ -20,10 +20,12 @@ from synthmed.config import instantiate
 from synthmed.data.image_folder import ImageFolderDataset
 from synthmed.data.phantom import PhantomDataset
 from synthmed.data.unpaired import UnpairedDataset
+from synthmed.evaluation.step import lesion_scores, lesion_skip_reason
 from synthmed.metrics import names
-from synthmed.metrics.domain import EncoderBank, EncoderSettings, one_thread
-from synthmed.metrics.lesions import BRAIN_WINDOW_HU, Rate, lesion_rates, lesion_reader, read_lesions
+from synthmed.metrics.domain import one_thread
+from synthmed.metrics.lesions import BRAIN_WINDOW_HU, Rate, lesion_rates, lesion_reader, read_lesions, summary_line
 from synthmed.metrics.structure import edge_ssim, gradient_correlation
+from synthmed.metrics.suite import MetricSuite
 from synthmed.metrics.translation import translation_metrics
 from tests.conftest import compose_train
 
@@ -106,13 +108,33 @@ def test_wilson_interval_matches_scipy():
     assert np.isnan(Rate(0, 0).value)
 
 
+LESION_DATA = ["model=cyclegan", "dataset=phantom2d_unpaired", "dataset.size=32",
+               "dataset.datamodule.dataset.n_train=192", "dataset.datamodule.dataset.n_val=96",
+               "dataset.datamodule.dataset.lesion_radius=[0.1,0.15]",
+               "dataset.datamodule.dataset.target_lesion_prevalence=0.4"]  # the data of LESIONS, through the config
+
+
 @pytest.fixture(scope="module")
-def reader():
-    """The CT-domain lesion reader of an unpaired phantom (40 % lesion prevalence among the CTs), brain window."""
-    train = PhantomDataset("train", **LESIONS, unpaired=True, target_lesion_prevalence=0.4)
-    bank = EncoderBank(EncoderSettings(steps=200))
-    return lesion_reader(bank, train.target, torch.as_tensor(train.target_labels()), train.target_intensity,
-                         BRAIN_WINDOW_HU)
+def lesion_data(tmp_path_factory):
+    """The unpaired phantom datamodule of LESIONS: 40 % lesion prevalence among the training CTs, 10 % among MRs."""
+    cfg = compose_train(tmp_path_factory.mktemp("lesion_data"), LESION_DATA)
+    return instantiate(cfg.dataset.datamodule, "dataset.datamodule")
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """A metric suite whose encoder bank holds the reader below: the final evaluation finds it there, untrained."""
+    return MetricSuite(metrics=("ms_ssim_diversity",), domain_steps=200)
+
+
+@pytest.fixture(scope="module")
+def reader(lesion_data, suite):
+    """The CT-domain lesion reader of the unpaired phantom (40 % lesion prevalence among the CTs), brain window."""
+    train = lesion_data.split("train")
+    assert torch.equal(train.target, PhantomDataset("train", **LESIONS, unpaired=True,
+                                                    target_lesion_prevalence=0.4).target)
+    return lesion_reader(suite.encoders, train.target, torch.as_tensor(train.target_labels()),
+                         train.target_intensity, BRAIN_WINDOW_HU)
 
 
 def test_lesion_rates_detect_planted_and_erased_lesions(reader):
@@ -135,8 +157,47 @@ def test_lesion_rates_detect_planted_and_erased_lesions(reader):
     # The rates are the reader's reads, split by the input's label.
     read = read_lesions(reader, planted.target, hu, window)
     assert invented.appeared.k == int(read[~sick].sum()) and invented.preserved.k == int(read[sick].sum())
-    assert set(oracle.metrics()) == {names.LESION_PRESERVED_RATE, names.LESION_APPEARED_RATE,
+    rates = (names.LESION_PRESERVED_RATE, names.LESION_APPEARED_RATE)
+    assert set(oracle.metrics()) == {*rates, *map(names.ci_low, rates), *map(names.ci_high, rates),
                                      names.LESION_N_POSITIVE, names.LESION_N_NEGATIVE}
+
+
+def test_final_evaluation_reads_lesion_rates_of_known_translators(lesion_data, suite, reader):
+    """What a translator's final evaluation (and `synthmed evaluate`) logs: an oracle translator (its outputs are
+    the real paired CTs) scores exactly the reader's own rates; one that pastes lesions into every output is told
+    apart by disjoint intervals; rates are the reader's reads with scipy's Wilson interval, over distinct inputs."""
+    model = SimpleNamespace(requires_source=True, direction="a2b")
+    truth, hu = lesion_data.images("val"), lesion_data.target_intensity
+    labels = torch.as_tensor(lesion_data.split("val").covariates()["label"])
+    oracle, tags = lesion_scores(model, lesion_data, torch.cat([truth, truth]), "val", suite)  # sources repeat
+    assert oracle[names.LESION_N_POSITIVE] == 10 and oracle[names.LESION_N_NEGATIVE] == 86  # each input once
+    read = read_lesions(reader, truth, hu, BRAIN_WINDOW_HU)
+    for key, has in ((names.LESION_PRESERVED_RATE, labels == 1), (names.LESION_APPEARED_RATE, labels == 0)):
+        assert oracle[key] == oracle[names.on_real(key)]  # outputs = real targets: the reader's own rates
+        k, n = int(read[has].sum()), int(has.sum())
+        wilson = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert oracle[key] == k / n
+        assert (oracle[names.ci_low(key)], oracle[names.ci_high(key)]) == pytest.approx((wilson.low, wilson.high))
+    planted = PhantomDataset("val", **LESIONS, lesion_prevalence=1.0).target  # lesions pasted into every output
+    invented, _ = lesion_scores(model, lesion_data, planted, "val", suite)
+    appeared = names.LESION_APPEARED_RATE
+    assert oracle[names.ci_high(appeared)] < invented[names.ci_low(appeared)], (oracle[appeared], invented[appeared])
+    assert tags["lesion_reader.window"] == "[0.0, 80.0] HU" and tags["lesion_reader.n_train_lesion"] == "77"
+    assert tags["lesion_reader.weights_sha256"] == reader.sha256  # the fixture's reader, found in the suite's bank
+    line = summary_line(invented)
+    assert f"appeared {invented[appeared]:.2f} ({round(invented[appeared] * 86)}/86; 95 % CI" in line
+
+
+def test_lesion_rates_are_skipped_with_a_reason_where_no_reader_can_exist():
+    hu, some = {"unit": "HU"}, torch.tensor([0, 1, 0])
+    assert lesion_skip_reason(hu, some, some, True) is None
+    for args, match in (((None, some, some, True), "not a translation data set"),
+                        ((hu, some, None, True), "carry no lesion labels"),
+                        ((hu, some, torch.zeros(3), True), "with and without a lesion, got 0 of 3"),
+                        ((hu, None, some, True), "sources carry no lesion label")):
+        assert match in lesion_skip_reason(*args)
+    model = SimpleNamespace(requires_source=True, direction="b2a")  # the target domain would then be A's
+    assert lesion_scores(model, None, torch.zeros(1), "val", None) == ({}, {})
 
 
 # ---- the model -----------------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from synthmed.metrics.cache import ReferenceCache, tensor_digest
 from synthmed.metrics.conditioning import cond_metrics
 from synthmed.metrics.diversity import ms_ssim_diversity
 from synthmed.metrics.features import density_coverage, kid, precision_recall
-from synthmed.metrics.lesions import BRAIN_WINDOW_HU, lesion_metrics
 from synthmed.metrics.inception import VALID_DIMS, InceptionExtractor
+from synthmed.metrics.lesions import BRAIN_WINDOW_HU, lesion_metrics
 from synthmed.metrics.memorization import memorization
 
 log = logging.getLogger(__name__)
