@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import stats
 
@@ -241,6 +242,31 @@ def test_cyclegan_trains_with_every_term_under_bf16_mixed_precision(tmp_path):
     changed = [k for k, v in before.items() if v.is_floating_point() and not torch.equal(after[k], v)]
     assert {k.split(".")[0] for k in changed} == {"a2b", "b2a"} and len(changed) > len(before) // 2
     assert len(model.pools["a"].images) == 4  # pool_size=4, filled by 2 batches of 4
+
+
+def _gradient_correlation_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Reference GC per image `[B]`: numpy central differences, magnitude, Pearson r (numpy.corrcoef)."""
+    mags = [np.hypot(*np.gradient(x[:, 0].astype(np.float64), axis=(1, 2))) for x in (a, b)]
+    return np.array([np.corrcoef(ga.ravel(), gb.ravel())[0, 1] for ga, gb in zip(*mags)])
+
+
+def test_structure_term_rewards_the_inputs_edges_on_the_right_pairs(tmp_path):
+    """The structure term is `lambda_structure * (2 - GC(a, G_AB(a)) - GC(b, G_BA(b)))` (numpy reference): each
+    generator's output is compared with its own input, the sign rewards kept edges, lambda scales it. Were an output
+    compared with the other generator's input, outputs that keep their own inputs' edges would not score 0."""
+    cfg = compose_train(tmp_path, [*TINY, "model.lambda_structure=0.5", "model.lambda_cycle=0"])
+    model = instantiate(cfg.model, "model")
+    heads = PhantomDataset("val", 2, size=16, n_val=8)
+    a, b = heads.image[:4], heads.target[4:]  # unpaired: MRs of subjects 0-3, CTs of subjects 4-7
+    a, b = (F.pad(x[..., 2:-2, 2:-2], (2, 2, 2, 2), value=-1.0) for x in (a, b))  # flat border: numpy's edges agree
+    kept_b, kept_a = -a, 0.5 * b  # outputs with exactly their inputs' edges (contrast inverted, rescaled)
+    with torch.no_grad():
+        kept = float(model._generator_losses(a, b, kept_a, kept_b)[names.TRAIN_LOSS_STRUCTURE])
+        swapped = float(model._generator_losses(a, b, -a, 0.5 * b)[names.TRAIN_LOSS_STRUCTURE])
+    assert kept == pytest.approx(0.0, abs=1e-3)
+    expected = 0.5 * (2 - _gradient_correlation_numpy(a.numpy(), b.numpy() * 0.5)
+                      - _gradient_correlation_numpy(b.numpy(), -a.numpy())).mean()
+    assert swapped == pytest.approx(expected, abs=1e-3) and swapped > 0.2
 
 
 def test_pix2pix_learns_one_direction_and_refuses_unpaired_data(tmp_path):
