@@ -23,6 +23,7 @@ from synthmed.data.phantom import PhantomDataset
 from synthmed.data.unpaired import UnpairedDataset
 from synthmed.evaluation.step import lesion_scores, lesion_skip_reason
 from synthmed.metrics import names
+from synthmed.metrics.directions import direction as better
 from synthmed.metrics.domain import one_thread
 from synthmed.metrics.lesions import BRAIN_WINDOW_HU, Rate, lesion_rates, lesion_reader, read_lesions, summary_line
 from synthmed.metrics.structure import edge_ssim, gradient_correlation
@@ -199,6 +200,7 @@ def test_lesion_rates_are_skipped_with_a_reason_where_no_reader_can_exist():
         assert match in lesion_skip_reason(*args)
     model = SimpleNamespace(requires_source=True, direction="b2a")  # the target domain would then be A's
     assert lesion_scores(model, None, torch.zeros(1), "val", None) == ({}, {})
+    assert better(names.LESION_APPEARED_RATE) == "minimize" and better(names.LESION_PRESERVED_RATE) == "maximize"
 
 
 # ---- the model -----------------------------------------------------------------------------------------------------

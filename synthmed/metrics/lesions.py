@@ -10,7 +10,8 @@ images and their lesion labels):
 
 The reader is not perfect, so the same two rates on the real paired targets (`..._real`: its sensitivity and its
 false-positive rate) are the reference a translator's values are read against, where paired truth exists. Every
-rate comes with its n and a Wilson 95 % interval.
+rate comes with its n and a Wilson 95 % interval. `lesion_metrics` is what a translator's final evaluation and
+`synthmed evaluate` log (through `MetricSuite.lesion_preservation` and `synthmed.evaluation.step.lesion_scores`).
 
 A reader may look through a display window (`window`, native units): on CT a 20 HU lesion is 1 % of the
 [-1000, 1000] HU range, and a reader trained on the full range read phantom lesions near chance (32 px: sensitivity
