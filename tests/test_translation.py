@@ -169,13 +169,17 @@ def test_translator_needs_a_source_of_the_right_shape(pix2pix_smoke):
 
 def test_final_evaluation_scores_translations_against_their_own_targets(pix2pix_smoke, monkeypatch):
     _, datamodule, model = pix2pix_smoke
-    suite = MetricSuite(metrics=["ms_ssim_diversity"])
+    suite = MetricSuite(metrics=["ms_ssim_diversity"], domain_steps=5)  # the lesion reader: its plumbing only
     val = datamodule.split("val")
     n = len(val) + 3  # more samples than val items: sample i translates item i mod len(val)
     oracle = torch.stack([val[i % len(val)]["target"] for i in range(n)])
     monkeypatch.setattr(model, "sample", lambda n, generator=None, cond=None: oracle[:n])  # a perfect translator
     values = evaluate_generation(model, datamodule, suite, n, seed=0, translation=True).result.values
     assert values[names.MAE_HU] == 0.0 and values[names.SSIM_HU] == pytest.approx(1.0)
+    # Its lesion rates are the reader's own on the real targets, over each distinct input once.
+    assert values[names.LESION_N_POSITIVE] + values[names.LESION_N_NEGATIVE] == len(val)
+    for key in (names.LESION_PRESERVED_RATE, names.LESION_APPEARED_RATE):
+        assert values[key] == values[names.on_real(key)], key
     # the identity baseline, by hand: the sources read as HU against the targets in HU inside the body mask
     source = torch.stack([val[i % len(val)]["image"] for i in range(n)])
     hu = lambda x: (x.double() + 1) / 2 * 2000 - 1000  # noqa: E731 - the HU window [-1000, 1000]
