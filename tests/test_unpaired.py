@@ -21,7 +21,7 @@ from synthmed.config import instantiate
 from synthmed.data.image_folder import ImageFolderDataset
 from synthmed.data.phantom import PhantomDataset
 from synthmed.data.unpaired import UnpairedDataset
-from synthmed.evaluation.step import lesion_scores, lesion_skip_reason
+from synthmed.evaluation.step import lesion_scores, lesion_skip_reason, target_labels
 from synthmed.metrics import names
 from synthmed.metrics.directions import direction as better
 from synthmed.metrics.domain import one_thread
@@ -201,6 +201,24 @@ def test_lesion_rates_are_skipped_with_a_reason_where_no_reader_can_exist():
     model = SimpleNamespace(requires_source=True, direction="b2a")  # the target domain would then be A's
     assert lesion_scores(model, None, torch.zeros(1), "val", None) == ({}, {})
     assert better(names.LESION_APPEARED_RATE) == "minimize" and better(names.LESION_PRESERVED_RATE) == "maximize"
+
+
+
+class _Pairs(list):
+    """Items of a registered-pair data set (no `target_labels()`): source and target are one subject."""
+
+    paired_truth = True
+
+
+def test_target_labels_come_from_the_data_set_or_from_registered_pairs():
+    item = {"image": torch.zeros(1, 4, 4), "target": torch.zeros(1, 4, 4)}
+    assert target_labels(_Pairs([{**item, "label": 1}, {**item, "label": 0}])).tolist() == [1, 0]
+    assert target_labels(_Pairs([item, item])) is None  # unlabelled pairs: no reader
+    unpaired = _Pairs([{**item, "label": 1}])
+    unpaired.paired_truth = False  # a source's label says nothing about another subject's target
+    assert target_labels(unpaired) is None
+    phantom = PhantomDataset("train", 2, size=16, n_train=10, unpaired=True, target_lesion_prevalence=0.5)
+    assert target_labels(phantom).tolist() == phantom.target_labels().tolist() and int(target_labels(phantom).sum()) == 5
 
 
 # ---- the model -----------------------------------------------------------------------------------------------------

@@ -103,7 +103,9 @@ def target_labels(dataset) -> Tensor | None:
             return torch.as_tensor(dataset.target_labels())
         except ValueError:  # dataset=unpaired whose domain B has no label column
             return None
-    return covariates(dataset).get("label") if getattr(dataset, "paired_truth", True) else None
+    if not getattr(dataset, "paired_truth", True) or "label" not in dataset[0]:  # one item asked, not every volume
+        return None
+    return covariates(dataset).get("label")
 
 
 def lesion_skip_reason(intensity: dict | None, input_labels: Tensor | None, train_labels: Tensor | None,
