@@ -188,6 +188,8 @@ def test_final_evaluation_reads_lesion_rates_of_known_translators(lesion_data, s
     assert tags["lesion_reader.weights_sha256"] == reader.sha256  # the fixture's reader, found in the suite's bank
     line = summary_line(invented)
     assert f"appeared {invented[appeared]:.2f} ({round(invented[appeared] * 86)}/86; 95 % CI" in line
+    healthy_only = {**invented, names.LESION_N_POSITIVE: 0.0, names.LESION_PRESERVED_RATE: float("nan")}
+    assert summary_line(healthy_only).startswith("preserved - (0/0); appeared")
 
 
 def test_lesion_rates_are_skipped_with_a_reason_where_no_reader_can_exist():

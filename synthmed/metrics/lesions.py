@@ -161,7 +161,10 @@ def summary_line(values: dict[str, float]) -> str | None:
     for label, key, n_key in (("preserved", names.LESION_PRESERVED_RATE, names.LESION_N_POSITIVE),
                               ("appeared", names.LESION_APPEARED_RATE, names.LESION_N_NEGATIVE)):
         n, rate = int(values[n_key]), values[key]
-        parts.append(f"{label} {rate:.2f} ({round(rate * n) if n else 0}/{n}; 95 % CI "
+        if not n:  # no input of that kind among those scored: no rate, rather than "nan"
+            parts.append(f"{label} - (0/0)")
+            continue
+        parts.append(f"{label} {rate:.2f} ({round(rate * n)}/{n}; 95 % CI "
                      f"{values[names.ci_low(key)]:.2f}-{values[names.ci_high(key)]:.2f})")
     real = names.on_real(names.LESION_APPEARED_RATE)
     if real in values:
