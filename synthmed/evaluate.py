@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import nullcontext
 
 import hydra
@@ -11,11 +12,14 @@ from omegaconf import DictConfig
 
 from synthmed.config import CONF_DIR, instantiate, register_resolvers
 from synthmed.evaluation.step import Evaluation, evaluate_generation, record
+from synthmed.metrics.lesions import summary_line
 from synthmed.models.conditioning import set_guidance
 from synthmed.tracking import mlflow_utils as mt
 from synthmed.tracking import tags as tk
 from synthmed.tracking.restore import restore_for_sampling
 from synthmed.tracking.results import log_result
+
+log = logging.getLogger(__name__)
 
 
 def target_run(client: MlflowClient, run, child: bool) -> mt.RunRef:
@@ -50,6 +54,9 @@ def evaluate(cfg: DictConfig) -> Evaluation:
             mt.set_tags(client, out.run_id, {tk.EVAL_GUIDANCE: guidance})
         mt.log_json(client, out.run_id, record(evaluation, restored.step, **meta), "metrics/eval.json")
     print(json.dumps({"run_id": out.run_id, "metrics": evaluation.result.values}, indent=2), flush=True)
+    lesions = summary_line(evaluation.result.values)
+    if lesions:  # stdout stays one JSON document; the readable line goes to the log
+        log.info("lesions (%s split): %s", cfg.split, lesions)
     return evaluation
 
 

@@ -21,6 +21,7 @@ from synthmed.callbacks.progress import progress_bars
 from synthmed.config import CONF_DIR, check_dataset, check_targets, instantiate, register_resolvers
 from synthmed.evaluation.step import evaluate_generation, record
 from synthmed.metrics import names
+from synthmed.metrics.lesions import summary_line
 from synthmed.nets.sizes import check_image_size
 from synthmed.tracking import heartbeat as hb
 from synthmed.tracking import mlflow_utils as mt
@@ -181,6 +182,9 @@ def print_summary(run: mt.RunRef, full_hash: str, values: dict[str, float]) -> N
     lines = [f"run id:       {run.run_id}", f"config hash:  {short_hash(full_hash)}",
              f"metrics:      {json.dumps({k: round(v, 5) for k, v in values.items()})}",
              f"tracking:     {run.client.tracking_uri}", f"open the UI:  {ui_hint(run.client.tracking_uri)}"]
+    lesions = summary_line(values)  # a translator's lesion rates, each with its n and interval
+    if lesions:
+        lines.insert(3, f"lesions:      {lesions}")
     print("\n".join(["", "synthmed run finished", *lines]), flush=True)
 
 

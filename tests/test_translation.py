@@ -169,13 +169,17 @@ def test_translator_needs_a_source_of_the_right_shape(pix2pix_smoke):
 
 def test_final_evaluation_scores_translations_against_their_own_targets(pix2pix_smoke, monkeypatch):
     _, datamodule, model = pix2pix_smoke
-    suite = MetricSuite(metrics=["ms_ssim_diversity"])
+    suite = MetricSuite(metrics=["ms_ssim_diversity"], domain_steps=5)  # the lesion reader: its plumbing only
     val = datamodule.split("val")
     n = len(val) + 3  # more samples than val items: sample i translates item i mod len(val)
     oracle = torch.stack([val[i % len(val)]["target"] for i in range(n)])
     monkeypatch.setattr(model, "sample", lambda n, generator=None, cond=None: oracle[:n])  # a perfect translator
     values = evaluate_generation(model, datamodule, suite, n, seed=0, translation=True).result.values
     assert values[names.MAE_HU] == 0.0 and values[names.SSIM_HU] == pytest.approx(1.0)
+    # Its lesion rates are the reader's own on the real targets, over each distinct input once.
+    assert values[names.LESION_N_POSITIVE] + values[names.LESION_N_NEGATIVE] == len(val)
+    for key in (names.LESION_PRESERVED_RATE, names.LESION_APPEARED_RATE):
+        assert values[key] == values[names.on_real(key)], key
     # the identity baseline, by hand: the sources read as HU against the targets in HU inside the body mask
     source = torch.stack([val[i % len(val)]["image"] for i in range(n)])
     hu = lambda x: (x.double() + 1) / 2 * 2000 - 1000  # noqa: E731 - the HU window [-1000, 1000]
@@ -231,6 +235,37 @@ def test_final_json_holds_the_hu_metrics(trained):
     assert 100.0 < final["metrics"][names.MAE_HU_IDENTITY] < 400.0  # HU, as during validation
     history = client.get_metric_history(run.info.run_id, names.MAE_HU)
     assert history[-1].value == pytest.approx(final["metrics"][names.MAE_HU]) and history[-1].step == final["step"]
+
+
+def test_final_record_holds_the_lesion_rates_with_n_and_interval(trained):
+    """The phantom's CTs carry lesion labels, so the final evaluation trains a CT lesion reader and reads the
+    translations of the 2 scored val MRs (tests/test_unpaired.py checks what the rates mean)."""
+    _, client, run = trained
+    final = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics/final.json")).read_text())["metrics"]
+    assert final[names.LESION_N_POSITIVE] + final[names.LESION_N_NEGATIVE] == 2  # eval.n_samples distinct inputs
+    for key, n_key in ((names.LESION_PRESERVED_RATE, names.LESION_N_POSITIVE),
+                       (names.LESION_APPEARED_RATE, names.LESION_N_NEGATIVE)):
+        if final[n_key]:
+            assert final[names.ci_low(key)] <= final[key] <= final[names.ci_high(key)], key
+            assert (final[key] * final[n_key]) == pytest.approx(round(final[key] * final[n_key]))  # k of n
+        for logged in (key, names.ci_low(key), n_key, names.on_real(key)):
+            history = client.get_metric_history(run.info.run_id, logged)
+            assert history[-1].step == 2 and history[-1].value == pytest.approx(final[logged], nan_ok=True), logged
+    assert "lesion_reader.weights_sha256" in {k.removeprefix("synthmed.") for k in run.data.tags}
+
+
+def test_evaluate_reads_the_lesion_rates_of_a_translator_run(trained, capsys):
+    from synthmed.evaluate import evaluate
+
+    root, client, run = trained
+    ev = evaluate(compose_train(root, [f"run={run.info.run_id}", "n_samples=4", "child_run=true",
+                                       "metrics.metrics=[ms_ssim_diversity]", "metrics.domain_steps=20"],
+                                config_name="evaluate"))
+    values = ev.result.values
+    assert values[names.LESION_N_POSITIVE] + values[names.LESION_N_NEGATIVE] == 4
+    assert {names.ci_high(names.LESION_APPEARED_RATE), names.on_real(names.LESION_APPEARED_RATE)} <= set(values)
+    printed = json.loads(capsys.readouterr().out)  # stdout stays one JSON document
+    assert printed["metrics"][names.LESION_N_NEGATIVE] == values[names.LESION_N_NEGATIVE]
 
 
 def test_translate_writes_marked_outputs_without_input_headers(trained, tmp_path):

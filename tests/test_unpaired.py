@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import stats
 
@@ -20,10 +21,13 @@ from synthmed.config import instantiate
 from synthmed.data.image_folder import ImageFolderDataset
 from synthmed.data.phantom import PhantomDataset
 from synthmed.data.unpaired import UnpairedDataset
+from synthmed.evaluation.step import lesion_scores, lesion_skip_reason, target_labels
 from synthmed.metrics import names
-from synthmed.metrics.domain import EncoderBank, EncoderSettings, one_thread
-from synthmed.metrics.lesions import BRAIN_WINDOW_HU, Rate, lesion_rates, lesion_reader, read_lesions
+from synthmed.metrics.directions import direction as better
+from synthmed.metrics.domain import one_thread
+from synthmed.metrics.lesions import BRAIN_WINDOW_HU, Rate, lesion_rates, lesion_reader, read_lesions, summary_line
 from synthmed.metrics.structure import edge_ssim, gradient_correlation
+from synthmed.metrics.suite import MetricSuite
 from synthmed.metrics.translation import translation_metrics
 from tests.conftest import compose_train
 
@@ -106,13 +110,33 @@ def test_wilson_interval_matches_scipy():
     assert np.isnan(Rate(0, 0).value)
 
 
+LESION_DATA = ["model=cyclegan", "dataset=phantom2d_unpaired", "dataset.size=32",
+               "dataset.datamodule.dataset.n_train=192", "dataset.datamodule.dataset.n_val=96",
+               "dataset.datamodule.dataset.lesion_radius=[0.1,0.15]",
+               "dataset.datamodule.dataset.target_lesion_prevalence=0.4"]  # the data of LESIONS, through the config
+
+
 @pytest.fixture(scope="module")
-def reader():
-    """The CT-domain lesion reader of an unpaired phantom (40 % lesion prevalence among the CTs), brain window."""
-    train = PhantomDataset("train", **LESIONS, unpaired=True, target_lesion_prevalence=0.4)
-    bank = EncoderBank(EncoderSettings(steps=200))
-    return lesion_reader(bank, train.target, torch.as_tensor(train.target_labels()), train.target_intensity,
-                         BRAIN_WINDOW_HU)
+def lesion_data(tmp_path_factory):
+    """The unpaired phantom datamodule of LESIONS: 40 % lesion prevalence among the training CTs, 10 % among MRs."""
+    cfg = compose_train(tmp_path_factory.mktemp("lesion_data"), LESION_DATA)
+    return instantiate(cfg.dataset.datamodule, "dataset.datamodule")
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """A metric suite whose encoder bank holds the reader below: the final evaluation finds it there, untrained."""
+    return MetricSuite(metrics=("ms_ssim_diversity",), domain_steps=200)
+
+
+@pytest.fixture(scope="module")
+def reader(lesion_data, suite):
+    """The CT-domain lesion reader of the unpaired phantom (40 % lesion prevalence among the CTs), brain window."""
+    train = lesion_data.split("train")
+    assert torch.equal(train.target, PhantomDataset("train", **LESIONS, unpaired=True,
+                                                    target_lesion_prevalence=0.4).target)
+    return lesion_reader(suite.encoders, train.target, torch.as_tensor(train.target_labels()),
+                         train.target_intensity, BRAIN_WINDOW_HU)
 
 
 def test_lesion_rates_detect_planted_and_erased_lesions(reader):
@@ -135,8 +159,68 @@ def test_lesion_rates_detect_planted_and_erased_lesions(reader):
     # The rates are the reader's reads, split by the input's label.
     read = read_lesions(reader, planted.target, hu, window)
     assert invented.appeared.k == int(read[~sick].sum()) and invented.preserved.k == int(read[sick].sum())
-    assert set(oracle.metrics()) == {names.LESION_PRESERVED_RATE, names.LESION_APPEARED_RATE,
+    rates = (names.LESION_PRESERVED_RATE, names.LESION_APPEARED_RATE)
+    assert set(oracle.metrics()) == {*rates, *map(names.ci_low, rates), *map(names.ci_high, rates),
                                      names.LESION_N_POSITIVE, names.LESION_N_NEGATIVE}
+
+
+def test_final_evaluation_reads_lesion_rates_of_known_translators(lesion_data, suite, reader):
+    """What a translator's final evaluation (and `synthmed evaluate`) logs: an oracle translator (its outputs are
+    the real paired CTs) scores exactly the reader's own rates; one that pastes lesions into every output is told
+    apart by disjoint intervals; rates are the reader's reads with scipy's Wilson interval, over distinct inputs."""
+    model = SimpleNamespace(requires_source=True, direction="a2b")
+    truth, hu = lesion_data.images("val"), lesion_data.target_intensity
+    labels = torch.as_tensor(lesion_data.split("val").covariates()["label"])
+    oracle, tags = lesion_scores(model, lesion_data, torch.cat([truth, truth]), "val", suite)  # sources repeat
+    assert oracle[names.LESION_N_POSITIVE] == 10 and oracle[names.LESION_N_NEGATIVE] == 86  # each input once
+    read = read_lesions(reader, truth, hu, BRAIN_WINDOW_HU)
+    for key, has in ((names.LESION_PRESERVED_RATE, labels == 1), (names.LESION_APPEARED_RATE, labels == 0)):
+        assert oracle[key] == oracle[names.on_real(key)]  # outputs = real targets: the reader's own rates
+        k, n = int(read[has].sum()), int(has.sum())
+        wilson = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert oracle[key] == k / n
+        assert (oracle[names.ci_low(key)], oracle[names.ci_high(key)]) == pytest.approx((wilson.low, wilson.high))
+    planted = PhantomDataset("val", **LESIONS, lesion_prevalence=1.0).target  # lesions pasted into every output
+    invented, _ = lesion_scores(model, lesion_data, planted, "val", suite)
+    appeared = names.LESION_APPEARED_RATE
+    assert oracle[names.ci_high(appeared)] < invented[names.ci_low(appeared)], (oracle[appeared], invented[appeared])
+    assert tags["lesion_reader.window"] == "[0.0, 80.0] HU" and tags["lesion_reader.n_train_lesion"] == "77"
+    assert tags["lesion_reader.weights_sha256"] == reader.sha256  # the fixture's reader, found in the suite's bank
+    line = summary_line(invented)
+    assert f"appeared {invented[appeared]:.2f} ({round(invented[appeared] * 86)}/86; 95 % CI" in line
+    healthy_only = {**invented, names.LESION_N_POSITIVE: 0.0, names.LESION_PRESERVED_RATE: float("nan")}
+    assert summary_line(healthy_only).startswith("preserved - (0/0); appeared")
+
+
+def test_lesion_rates_are_skipped_with_a_reason_where_no_reader_can_exist():
+    hu, some = {"unit": "HU"}, torch.tensor([0, 1, 0])
+    assert lesion_skip_reason(hu, some, some, True) is None
+    for args, match in (((None, some, some, True), "not a translation data set"),
+                        ((hu, some, None, True), "carry no lesion labels"),
+                        ((hu, some, torch.zeros(3), True), "with and without a lesion, got 0 of 3"),
+                        ((hu, None, some, True), "sources carry no lesion label")):
+        assert match in lesion_skip_reason(*args)
+    model = SimpleNamespace(requires_source=True, direction="b2a")  # the target domain would then be A's
+    assert lesion_scores(model, None, torch.zeros(1), "val", None) == ({}, {})
+    assert better(names.LESION_APPEARED_RATE) == "minimize" and better(names.LESION_PRESERVED_RATE) == "maximize"
+
+
+
+class _Pairs(list):
+    """Items of a registered-pair data set (no `target_labels()`): source and target are one subject."""
+
+    paired_truth = True
+
+
+def test_target_labels_come_from_the_data_set_or_from_registered_pairs():
+    item = {"image": torch.zeros(1, 4, 4), "target": torch.zeros(1, 4, 4)}
+    assert target_labels(_Pairs([{**item, "label": 1}, {**item, "label": 0}])).tolist() == [1, 0]
+    assert target_labels(_Pairs([item, item])) is None  # unlabelled pairs: no reader
+    unpaired = _Pairs([{**item, "label": 1}])
+    unpaired.paired_truth = False  # a source's label says nothing about another subject's target
+    assert target_labels(unpaired) is None
+    phantom = PhantomDataset("train", 2, size=16, n_train=10, unpaired=True, target_lesion_prevalence=0.5)
+    assert target_labels(phantom).tolist() == phantom.target_labels().tolist() and int(target_labels(phantom).sum()) == 5
 
 
 # ---- the model -----------------------------------------------------------------------------------------------------
@@ -180,6 +264,31 @@ def test_cyclegan_trains_with_every_term_under_bf16_mixed_precision(tmp_path):
     changed = [k for k, v in before.items() if v.is_floating_point() and not torch.equal(after[k], v)]
     assert {k.split(".")[0] for k in changed} == {"a2b", "b2a"} and len(changed) > len(before) // 2
     assert len(model.pools["a"].images) == 4  # pool_size=4, filled by 2 batches of 4
+
+
+def _gradient_correlation_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Reference GC per image `[B]`: numpy central differences, magnitude, Pearson r (numpy.corrcoef)."""
+    mags = [np.hypot(*np.gradient(x[:, 0].astype(np.float64), axis=(1, 2))) for x in (a, b)]
+    return np.array([np.corrcoef(ga.ravel(), gb.ravel())[0, 1] for ga, gb in zip(*mags)])
+
+
+def test_structure_term_rewards_the_inputs_edges_on_the_right_pairs(tmp_path):
+    """The structure term is `lambda_structure * (2 - GC(a, G_AB(a)) - GC(b, G_BA(b)))` (numpy reference): each
+    generator's output is compared with its own input, the sign rewards kept edges, lambda scales it. Were an output
+    compared with the other generator's input, outputs that keep their own inputs' edges would not score 0."""
+    cfg = compose_train(tmp_path, [*TINY, "model.lambda_structure=0.5", "model.lambda_cycle=0"])
+    model = instantiate(cfg.model, "model")
+    heads = PhantomDataset("val", 2, size=16, n_val=8)
+    a, b = heads.image[:4], heads.target[4:]  # unpaired: MRs of subjects 0-3, CTs of subjects 4-7
+    a, b = (F.pad(x[..., 2:-2, 2:-2], (2, 2, 2, 2), value=-1.0) for x in (a, b))  # flat border: numpy's edges agree
+    kept_b, kept_a = -a, 0.5 * b  # outputs with exactly their inputs' edges (contrast inverted, rescaled)
+    with torch.no_grad():
+        kept = float(model._generator_losses(a, b, kept_a, kept_b)[names.TRAIN_LOSS_STRUCTURE])
+        swapped = float(model._generator_losses(a, b, -a, 0.5 * b)[names.TRAIN_LOSS_STRUCTURE])
+    assert kept == pytest.approx(0.0, abs=1e-3)
+    expected = 0.5 * (2 - _gradient_correlation_numpy(a.numpy(), b.numpy() * 0.5)
+                      - _gradient_correlation_numpy(b.numpy(), -a.numpy())).mean()
+    assert swapped == pytest.approx(expected, abs=1e-3) and swapped > 0.2
 
 
 def test_pix2pix_learns_one_direction_and_refuses_unpaired_data(tmp_path):
@@ -249,3 +358,42 @@ def test_translate_b2a_swaps_the_recorded_mappings_and_refuses_one_way_models(tm
         swapped = direction == "b2a"
         assert restored.dataset == ({"intensity": ct, "target_intensity": mr} if swapped else
                                     {"intensity": mr, "target_intensity": ct})
+
+
+# ---- resume --------------------------------------------------------------------------------------------------------
+# 16 unpaired training items, batch 4: the kill lands mid-epoch, after the pools (4 images each) are full, so the
+# resumed run's first discriminator step already draws from the restored pool.
+RESUME = [*TINY, "dataset.datamodule.dataset.n_train=16", "trainer.max_steps=7", "trainer.val_check_interval=3",
+          "eval.n_samples=4", "eval.metrics=[ms_ssim_diversity]", "~callbacks.generation_metrics"]
+
+
+@pytest.mark.slow
+def test_cyclegan_killed_and_resumed_equals_uninterrupted(tmp_path, mlflow_template, monkeypatch):
+    """The standard of tests/test_resume.py for CycleGAN: its image pools travel in the checkpoint (as tensors that
+    load with weights_only=True), so the resumed run ends with the uninterrupted run's weights, bit for bit."""
+    with one_thread():  # tiny convolutions: one thread is several times faster on a shared CPU
+        _killed_and_resumed(tmp_path, mlflow_template, monkeypatch)
+
+
+def _killed_and_resumed(tmp_path, mlflow_template, monkeypatch) -> None:
+    import synthmed.train as train_module
+    from tests.test_resume import KILL_AT, SigtermAt, _final_state, _fresh_root
+
+    straight = train_module.train(compose_train(_fresh_root(tmp_path, mlflow_template, "straight"), RESUME))
+    root = _fresh_root(tmp_path, mlflow_template, "killed")
+    original = train_module.build_callbacks
+    monkeypatch.setattr(train_module, "build_callbacks", lambda cfg, suite: [*original(cfg, suite), SigtermAt(KILL_AT)])
+    with pytest.raises(SystemExit):
+        train_module.train(compose_train(root, RESUME))
+    monkeypatch.setattr(train_module, "build_callbacks", original)
+    saved = torch.load(root / "outputs/job/checkpoints/on_exception.ckpt", map_location="cpu", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in saved["image_pools"].items()} == {"a": (4, 1, 16, 16), "b": (4, 1, 16, 16)}
+
+    cfg = compose_train(root, [*RESUME, "resume=last"])
+    cfg.paths.output_dir = str(root / "outputs" / "resumed")
+    resumed = train_module.train(cfg)
+    a, b = _final_state(tmp_path / "straight"), _final_state(root, "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"{key} differs after resume")
+    assert resumed == pytest.approx(straight, rel=0, abs=0)

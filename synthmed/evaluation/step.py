@@ -66,6 +66,63 @@ def translation_scores(model: GenerativeModule, datamodule, fake: Tensor, split:
                                getattr(model, "mask_threshold", None), getattr(model, "mask_dilate", 2))
 
 
+def lesion_scores(model: GenerativeModule, datamodule, fake: Tensor, split: str,
+                  suite) -> tuple[dict[str, float], dict[str, str]]:
+    """A translator's lesion preserved / appeared rates (metrics/lesions.py), each with its n and Wilson 95 %
+    interval, when a lesion reader can be trained for the target domain: the training split's targets carry lesion
+    labels of both classes, and the scored split's sources carry theirs. Otherwise the values are empty and a
+    `lesion_preservation.skipped` tag says why.
+
+    Sample i translates item `i mod len(split)` (`source_request`); repeats of an input are not new evidence about
+    it, so only the first translation of each distinct input is read (n <= len(split)). Where the split has paired
+    truth, the reader's own rates on the real targets come too (`..._real`).
+
+    Args:
+        fake: the translations `[n, *image_shape]` in [-1, 1].
+        suite: the MetricSuite whose encoder bank trains (or loads) the reader and whose window it reads through.
+    """
+    if not model.requires_source or getattr(model, "direction", "a2b") != "a2b":
+        return {}, {}
+    intensity, items, train = target_intensity(datamodule), datamodule.split(split), datamodule.split("train")
+    n = min(len(fake), len(items))
+    input_labels = covariates(items, n).get("label")
+    train_labels = target_labels(train)
+    reason = lesion_skip_reason(intensity, input_labels, train_labels, hasattr(datamodule, "sources"))
+    if reason:
+        return {}, {"lesion_preservation.skipped": reason}
+    real = (torch.stack([items[i]["target"] for i in range(n)]) if getattr(items, "paired_truth", True) else None)
+    return suite.lesion_preservation(fake[:n], input_labels, datamodule.images("train"), train_labels,
+                                     dict(intensity), real, datamodule.fingerprint)
+
+
+def target_labels(dataset) -> Tensor | None:
+    """Lesion labels `[N]` of a split's targets: the data set's own `target_labels()` (unpaired: other subjects'),
+    else, for registered pairs, the items' `label` (source and target are one subject); None when unknown."""
+    if hasattr(dataset, "target_labels"):
+        try:
+            return torch.as_tensor(dataset.target_labels())
+        except ValueError:  # dataset=unpaired whose domain B has no label column
+            return None
+    if not getattr(dataset, "paired_truth", True) or "label" not in dataset[0]:  # one item asked, not every volume
+        return None
+    return covariates(dataset).get("label")
+
+
+def lesion_skip_reason(intensity: dict | None, input_labels: Tensor | None, train_labels: Tensor | None,
+                       paired_module: bool) -> str | None:
+    """Why no lesion reader can score this translator's outputs, or None when one can."""
+    if not intensity or not paired_module:
+        return "no target domain: the datamodule is not a translation data set (PairedDataModule)"
+    if train_labels is None:
+        return "the training split's targets carry no lesion labels: no target-domain reader can be trained"
+    if train_labels.gt(0).all() or not train_labels.gt(0).any():
+        return (f"a lesion reader needs training targets with and without a lesion, got "
+                f"{int(train_labels.gt(0).sum())} of {len(train_labels)} with one")
+    if input_labels is None:
+        return "the scored split's sources carry no lesion label: preserved/appeared rates need the input's"
+    return None
+
+
 def evaluate_generation(model: GenerativeModule, datamodule, suite, n_samples: int, seed: int, split: str = "val",
                         n_real: int | None = None, translation: bool = False) -> Evaluation:
     """Sample `n_samples` images with `seed` and score them against the first `n_real` images of `split`.
@@ -91,6 +148,9 @@ def evaluate_generation(model: GenerativeModule, datamodule, suite, n_samples: i
                    real_cond=real_cond, fingerprint=datamodule.fingerprint)
     if translation:
         result.values.update(translation_scores(model, datamodule, fake, split))
+        values, tags = lesion_scores(model, datamodule, fake, split, suite)
+        result.values.update(values)
+        result.tags.update(tags)
     return Evaluation(result, fake, train)
 
 

@@ -18,9 +18,13 @@ LOWER_IS_BETTER = frozenset({
     N.MAE, N.FD_DOMAIN, N.MEMORIZATION_RATE, N.MEMORIZATION_RATE_FEATURE,
     N.MS_SSIM_DIVERSITY_GAP,  # distance of the samples' MS-SSIM diversity to the real data's
     N.COND_AGE_MAE,
+    N.MAE_HU,  # translation error in the target's native unit (HU); the identity baseline is a reference, no column
+    N.LESION_APPEARED_RATE,  # lesions a translator invents where its input has none
 })
 HIGHER_IS_BETTER = frozenset({N.PRECISION, N.RECALL, N.DENSITY, N.COVERAGE, N.SSIM, N.PSNR, N.COND_ACCURACY,
-                              N.COND_BALANCED_ACCURACY, N.COND_SEX_ACCURACY})
+                              N.COND_BALANCED_ACCURACY, N.COND_SEX_ACCURACY,
+                              N.PSNR_HU, N.SSIM_HU, N.EDGE_SSIM,
+                              N.LESION_PRESERVED_RATE})  # lesions of the input a translator keeps
 # metric -> (its value on real data, the distance between the two)
 TARGETS = {N.MS_SSIM_DIVERSITY: (N.MS_SSIM_DIVERSITY_REAL, N.MS_SSIM_DIVERSITY_GAP)}
 REFERENCES = frozenset(real for real, _ in TARGETS.values())  # real-data values: a reference row, not a column

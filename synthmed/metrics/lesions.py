@@ -10,7 +10,8 @@ images and their lesion labels):
 
 The reader is not perfect, so the same two rates on the real paired targets (`..._real`: its sensitivity and its
 false-positive rate) are the reference a translator's values are read against, where paired truth exists. Every
-rate comes with its n and a Wilson 95 % interval.
+rate comes with its n and a Wilson 95 % interval. `lesion_metrics` is what a translator's final evaluation and
+`synthmed evaluate` log (through `MetricSuite.lesion_preservation` and `synthmed.evaluation.step.lesion_scores`).
 
 A reader may look through a display window (`window`, native units): on CT a 20 HU lesion is 1 % of the
 [-1000, 1000] HU range, and a reader trained on the full range read phantom lesions near chance (32 px: sensitivity
@@ -83,11 +84,15 @@ class LesionRates:
     appeared: Rate
 
     def metrics(self, suffix=lambda key: key) -> dict[str, float]:
-        """The metric keys of names.py (optionally renamed, e.g. `names.on_real`) -> values, n included."""
-        return {suffix(names.LESION_PRESERVED_RATE): self.preserved.value,
-                suffix(names.LESION_APPEARED_RATE): self.appeared.value,
-                suffix(names.LESION_N_POSITIVE): float(self.preserved.n),
-                suffix(names.LESION_N_NEGATIVE): float(self.appeared.n)}
+        """The metric keys of names.py (optionally renamed, e.g. `names.on_real`) -> values, with each rate's n and
+        its Wilson 95 % interval (`..._ci_low`, `..._ci_high`; NaN when n = 0)."""
+        out = {}
+        for key, n_key, rate in ((names.LESION_PRESERVED_RATE, names.LESION_N_POSITIVE, self.preserved),
+                                 (names.LESION_APPEARED_RATE, names.LESION_N_NEGATIVE, self.appeared)):
+            key = suffix(key)
+            out |= {key: rate.value, names.ci_low(key): rate.ci[0], names.ci_high(key): rate.ci[1],
+                    suffix(n_key): float(rate.n)}
+        return out
 
 
 def read_lesions(reader: DomainModel, images: Tensor, intensity: dict,
@@ -105,3 +110,64 @@ def lesion_rates(reader: DomainModel, outputs: Tensor, input_labels: Tensor, int
         raise ValueError(f"input_labels: one per output expected ({len(outputs)}), got {len(labels)}")
     read, has = read_lesions(reader, outputs, intensity, window), labels > 0
     return LesionRates(Rate(int(read[has].sum()), int(has.sum())), Rate(int(read[~has].sum()), int((~has).sum())))
+
+
+def reader_window(intensity: dict, window_hu: Sequence[float] | None) -> tuple[float, float] | None:
+    """The reader's display window: `window_hu` for HU targets (CT), None (the full range) for any other unit, where
+    an HU window would mean nothing."""
+    if window_hu is None or intensity.get("unit") != "HU":
+        return None
+    return float(window_hu[0]), float(window_hu[1])
+
+
+def lesion_metrics(bank: EncoderBank, outputs: Tensor, input_labels: Tensor, train_targets: Tensor,
+                   train_labels: Tensor, intensity: dict, window_hu: Sequence[float] | None = BRAIN_WINDOW_HU,
+                   real: Tensor | None = None, fingerprint: str | None = None) -> tuple[dict[str, float],
+                                                                                       dict[str, str]]:
+    """A translator's lesion preservation as metric values and provenance tags (its final evaluation).
+
+    Args:
+        bank: where the target-domain reader is trained once and cached (the suite's encoders).
+        outputs: translations `[N, C, *spatial]` in [-1, 1], one per distinct input.
+        input_labels: the inputs' lesion labels `[N]` (0 = none).
+        train_targets: real target-domain training images `[M, C, *spatial]`; `train_labels` their labels `[M]`.
+        intensity: the target's intensity record (its `unit` decides whether `window_hu` applies).
+        window_hu: the reader's display window for HU targets (see `reader_window`).
+        real: the real paired targets of the same inputs `[N, C, *spatial]`, or None (no paired truth): the
+            reader's own rates on them (`..._real`) are the reference a translator's rates are read against.
+        fingerprint: names the reader's cache file.
+
+    Returns:
+        (values: the rates, their n and Wilson 95 % intervals, under names.py keys; tags: `lesion_reader.*`).
+    """
+    window = reader_window(intensity, window_hu)
+    reader = lesion_reader(bank, train_targets, train_labels, intensity, window, fingerprint)
+    values = lesion_rates(reader, outputs, input_labels, intensity, window).metrics()
+    if real is not None:
+        values |= lesion_rates(reader, real, input_labels, intensity, window).metrics(names.on_real)
+    unit = intensity.get("unit", "native units")
+    tags = reader.provenance("lesion_reader") | {
+        "lesion_reader.window": f"{list(window)} {unit}" if window else "full range",
+        "lesion_reader.n_train_lesion": str(int(torch.as_tensor(train_labels).gt(0).sum())),
+        "lesion_preservation.interval": "Wilson 95 %, over distinct inputs"}
+    return values, tags
+
+
+def summary_line(values: dict[str, float]) -> str | None:
+    """`preserved 0.92 (12/13; 95 % CI 0.67-0.99), appeared ...` from final metric values, or None without them."""
+    if names.LESION_PRESERVED_RATE not in values:
+        return None
+    parts = []
+    for label, key, n_key in (("preserved", names.LESION_PRESERVED_RATE, names.LESION_N_POSITIVE),
+                              ("appeared", names.LESION_APPEARED_RATE, names.LESION_N_NEGATIVE)):
+        n, rate = int(values[n_key]), values[key]
+        if not n:  # no input of that kind among those scored: no rate, rather than "nan"
+            parts.append(f"{label} - (0/0)")
+            continue
+        parts.append(f"{label} {rate:.2f} ({round(rate * n)}/{n}; 95 % CI "
+                     f"{values[names.ci_low(key)]:.2f}-{values[names.ci_high(key)]:.2f})")
+    real = names.on_real(names.LESION_APPEARED_RATE)
+    if real in values:
+        parts.append(f"reader on the real targets: preserved {values[names.on_real(names.LESION_PRESERVED_RATE)]:.2f}"
+                     f", appeared {values[real]:.2f}")
+    return "; ".join(parts)

@@ -25,6 +25,7 @@ from synthmed.metrics.conditioning import cond_metrics
 from synthmed.metrics.diversity import ms_ssim_diversity
 from synthmed.metrics.features import density_coverage, kid, precision_recall
 from synthmed.metrics.inception import VALID_DIMS, InceptionExtractor
+from synthmed.metrics.lesions import BRAIN_WINDOW_HU, lesion_metrics
 from synthmed.metrics.memorization import memorization
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class MetricSuite:
         domain_lr: encoder learning rate.
         domain_seed: encoder initialization and batch draws.
         cond_age_bins: edges (years) of the per-bin ``val/cond_age_mae``.
+        lesion_window_hu: [lo, hi] HU, the display window through which a translator's lesion reader reads CT
+            targets (``lesion_preservation``); None = the full range. Targets in other units are read unwindowed.
     """
 
     def __init__(self, metrics: Sequence[str] = ("fid", "ms_ssim_diversity"), fid_weights: str | None = None,
@@ -82,7 +85,8 @@ class MetricSuite:
                  seed: int = 0, dc_k: int = 5, memorization_quantile: float = 0.05, diversity_pairs: int = 100,
                  max_slices: int | None = None, progress: bool = False, domain_channels: Sequence[int] = (8, 16, 32),
                  domain_steps: int = 400, domain_batch_size: int = 32, domain_lr: float = 5e-3, domain_seed: int = 0,
-                 cond_age_bins: Sequence[float] = (20, 45, 70, 90)):
+                 cond_age_bins: Sequence[float] = (20, 45, 70, 90),
+                 lesion_window_hu: Sequence[float] | None = BRAIN_WINDOW_HU):
         _check_names(metrics)
         _require(fid_dims in VALID_DIMS, f"fid_dims must be one of {VALID_DIMS}, got {fid_dims}")
         _require(min_samples >= 2, f"min_samples must be >= 2 (a covariance needs two samples), got {min_samples}")
@@ -110,6 +114,12 @@ class MetricSuite:
         settings = D.EncoderSettings(tuple(domain_channels), domain_steps, domain_batch_size, domain_lr, domain_seed)
         self.encoders = D.EncoderBank(settings, cache_dir, device)
         self.cond_age_bins = tuple(bins)
+        if lesion_window_hu is not None:
+            window = [float(v) for v in lesion_window_hu]
+            _require(len(window) == 2 and window[0] < window[1],
+                     f"lesion_window_hu must be [lo, hi] HU with lo < hi, or null, got {list(lesion_window_hu)}")
+            lesion_window_hu = tuple(window)
+        self.lesion_window_hu = lesion_window_hu
 
     def with_metrics(self, metrics: Sequence[str]) -> MetricSuite:
         """The same suite computing `metrics` instead: it shares the loaded Inception network, the reference
@@ -173,6 +183,15 @@ class MetricSuite:
             result.values |= values
             result.tags |= tags
         return result
+
+    def lesion_preservation(self, outputs: Tensor, input_labels: Tensor, train_targets: Tensor,
+                            train_labels: Tensor, intensity: dict, real: Tensor | None = None,
+                            fingerprint: str | None = None) -> tuple[dict[str, float], dict[str, str]]:
+        """A translator's lesion preserved / appeared rates (n, Wilson 95 % intervals) read by a lesion reader
+        trained on the real target-domain images ``train_targets`` and their ``train_labels`` (this suite's encoder
+        settings and cache), through ``lesion_window_hu``; see ``synthmed.metrics.lesions.lesion_metrics``."""
+        return lesion_metrics(self.encoders, outputs, input_labels, train_targets, train_labels, intensity,
+                              self.lesion_window_hu, real, fingerprint)
 
     # ------------------------------------------------------------------------------------------------- features
     def _features(self, fake, real, train, ref_key, result):

@@ -20,8 +20,9 @@ class ImagePool:
     mix of current and older fakes, which damps the oscillation of the two players.
 
     Each image of a query is returned as is until the pool is full; then with probability 1/2 it is swapped for a
-    stored one (which it replaces). Draws use the global RNG (seeded by Lightning). The pool is training state, not
-    weights: it is not checkpointed and a resumed run starts with an empty pool.
+    stored one (which it replaces). Draws use the global RNG (seeded by Lightning, restored on resume). The pool is
+    training state: `state()` / `load_state()` carry it through a checkpoint as one tensor, so a resumed run shows
+    the discriminators the same past fakes an uninterrupted run would.
 
     Args:
         size: images kept; 0 disables the pool.
@@ -43,11 +44,22 @@ class ImagePool:
                 out.append(image)
             elif float(torch.rand(())) < 0.5:
                 i = int(torch.randint(self.size, ()))
-                out.append(self.images[i])
+                out.append(self.images[i].to(image))  # a restored pool may still sit on the CPU
                 self.images[i] = image
             else:
                 out.append(image)
         return torch.stack(out)
+
+    def state(self) -> Tensor:
+        """The stored images `[k, C, *spatial]` in insertion order (k <= size; `[0]` when empty), on the CPU."""
+        return torch.stack(self.images).cpu() if self.images else torch.zeros(0)
+
+    def load_state(self, images: Tensor) -> None:
+        """Replace the stored images by `images` `[k, C, *spatial]` (what `state()` returned)."""
+        if len(images) > self.size:
+            raise ValueError(f"checkpoint holds {len(images)} pooled images, more than pool_size={self.size}: "
+                             "resume with the pool_size the run was trained with")
+        self.images = list(images.unbind(0)) if images.ndim > 1 else []
 
 
 class CycleGANModule(Translator):
@@ -173,6 +185,15 @@ class CycleGANModule(Translator):
                                                                                             fake_a.float())
             losses[names.TRAIN_LOSS_STRUCTURE] = self.lambda_structure * (2.0 - gc).mean()
         return losses
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The image pools as plain tensors (`torch.load(weights_only=True)` reads them): without them a resumed run
+        restarts with empty pools and departs from the uninterrupted run at its first discriminator step."""
+        checkpoint["image_pools"] = {domain: pool.state() for domain, pool in self.pools.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for domain, images in checkpoint.get("image_pools", {}).items():
+            self.pools[domain].load_state(images)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """HU metrics against the paired truth (where the val split has one) and edge SSIM of input vs output."""
