@@ -83,7 +83,7 @@ def test_preflight_skipped_files_are_in_the_run_record():
     from omegaconf import OmegaConf
 
     from synthmed.data.preflight import BadFile
-    from synthmed.train import dataset_record
+    from synthmed.tracking.run_record import dataset_record
 
     bad = [BadFile("/data/a.nii.gz", "constant (min == max)"), BadFile("/data/b.nii", "not a NIfTI file")]
     class Split(list):  # a training split of 5 items with what the pre-flight check skipped
