@@ -55,6 +55,22 @@ def test_reproduces_the_recorded_metrics_exactly(recorded):
     assert verdict["passed"] and verdict["tolerance"] == 0.0
 
 
+def test_a_step_checkpoint_holds_the_ema_of_its_step(recorded):
+    """The periodic checkpoint of the last step and final.ckpt are taken at the same step: their EMA weights must
+    be the same (the EMA used to be updated after the checkpoint callbacks, one update behind, so a resume from a
+    step checkpoint, e.g. after a SIGKILL, lost an update)."""
+    import torch
+
+    folder = recorded[0] / "outputs" / "job" / "checkpoints"
+    final = torch.load(folder / "final.ckpt", map_location="cpu", weights_only=True)
+    (newest,) = folder.glob("step_*.ckpt")  # save_top_k=1: the newest periodic checkpoint
+    step = torch.load(newest, map_location="cpu", weights_only=True)
+    assert step["global_step"] == final["global_step"]
+    ema = [k for k in final["state_dict"] if k.startswith("ema.")]
+    assert ema, "the smoke DDPM has EMA on"
+    assert all(torch.equal(step["state_dict"][k], final["state_dict"][k]) for k in ema)
+
+
 def test_relocation_moves_locations_only(recorded, tmp_path):
     _, client, run, full = recorded
     rec = records.from_mlflow(client, run.info.run_id)

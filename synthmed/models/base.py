@@ -67,6 +67,13 @@ class WeightedMean(Metric):
         return (self.total / self.count).float()
 
 
+class _EMAUpdate(pl.Callback):
+    """Updates the module's EMA at the end of every training batch (see `GenerativeModule.configure_callbacks`)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pl_module.update_ema()
+
+
 class GenerativeModule(pl.LightningModule, ABC):
     """Base class of every generative family.
 
@@ -153,7 +160,14 @@ class GenerativeModule(pl.LightningModule, ABC):
         """The EMA network when EMA is on, else the trained one."""
         return self.ema.module if self.ema is not None else self._ema_source[0]
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The EMA update, as a callback: Lightning runs every callback's `on_train_batch_end` before the module's
+        own and moves checkpoint callbacks last, so a step checkpoint holds the EMA of the step it is named after
+        (updated in the module's hook, it was one update behind and a resume from it was not exact)."""
+        return [_EMAUpdate()] if self.ema is not None else []
+
+    def update_ema(self) -> None:
+        """One EMA step towards the trained network (after each optimizer step)."""
         if self.ema is not None:
             self.ema.update_parameters(self._ema_source[0])
 
