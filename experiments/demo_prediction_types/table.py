@@ -103,18 +103,39 @@ def score_run(root: Path, n_boot: int, step: int | None) -> dict:
         if not np.isclose(final["metrics"][key], values[key], rtol=1e-3):
             raise SystemExit(f"{run.info.run_id}: {key} recomputed {values[key]:.6g}, final.json says "
                              f"{final['metrics'][key]:.6g}: the images behind the intervals are not the scored ones")
+    out = scores(run.info.run_id, cfg.model.process.prediction_type, final["step"] if final else step, cfg, suite,
+                 datamodule, scored.fake, values, n_boot)
+    return out | {"status": run.info.status}
+
+
+def real_reference(root: Path, n_boot: int) -> dict:
+    """The same scores for held-out real images (the test split, as many as the runs generated) in place of
+    samples: the floor a perfect generator would reach at this n."""
+    client, run = latest_run(root)
+    cfg = recorded_config(client, run.info.run_id)
+    datamodule = instantiate(cfg.dataset.datamodule, "dataset.datamodule")
+    suite = instantiate(cfg.metrics, "metrics").with_metrics(["ms_ssim_diversity", "fd_domain"])
+    held_out = datamodule.images("test", cfg.eval.n_samples)
+    real = datamodule.images(cfg.eval.split, cfg.eval.get("n_real"))
+    values = suite(held_out, real, train=datamodule.images("train"), train_cond=covariates(datamodule.split("train")),
+                   fingerprint=datamodule.fingerprint).values
+    ref = scores("real data (test split)", "-", "-", cfg, suite, datamodule, held_out, values, n_boot)
+    return ref | {"status": "-", "seed": "-"}
+
+
+def scores(run_id: str, prediction_type: str, step, cfg, suite, datamodule, fake, values: dict, n_boot: int) -> dict:
+    """A table row's numbers: `values` of `fake` against the eval split, with bootstrap intervals."""
     real = datamodule.images(cfg.eval.split, cfg.eval.get("n_real"))
     # the suite's own encoder (same training images and covariate targets: loaded from the run's cache, not refitted)
     encoder = suite.encoders.get("domain", datamodule.images("train"), covariates(datamodule.split("train")),
                                  datamodule.fingerprint)
-    feats = [encoder.outputs(x, suite.batch_size)["features"] for x in (scored.fake, real)]
-    n = min(len(scored.fake), len(real))
-    pairs = [pair_values(x[:n], suite.diversity_pairs, suite.seed) for x in (scored.fake, real)]
-    return {"run_id": run.info.run_id, "prediction_type": cfg.model.process.prediction_type,
-            "steps": final["step"] if final else step, "seed": cfg.seed, "eval_seed": cfg.eval.seed,
-            "n_fake": len(scored.fake), "n_real": len(real), "n_pairs": suite.diversity_pairs, "metrics": values,
-            "fd_ci": fd_interval(*feats, n_boot, seed=0), "div_diff_ci": diversity_interval(*pairs, n_boot, seed=0),
-            "status": run.info.status}
+    feats = [encoder.outputs(x, suite.batch_size)["features"] for x in (fake, real)]
+    n = min(len(fake), len(real))
+    pairs = [pair_values(x[:n], suite.diversity_pairs, suite.seed) for x in (fake, real)]
+    return {"run_id": run_id, "prediction_type": prediction_type, "steps": step, "seed": cfg.seed,
+            "eval_seed": cfg.eval.seed, "n_fake": len(fake), "n_real": len(real), "n_pairs": suite.diversity_pairs,
+            "metrics": values, "fd_ci": fd_interval(*feats, n_boot, seed=0),
+            "div_diff_ci": diversity_interval(*pairs, n_boot, seed=0)}
 
 
 def row(r: dict) -> str:
@@ -122,7 +143,8 @@ def row(r: dict) -> str:
     fd, (fd_lo, fd_hi) = m[names.FD_DOMAIN], r["fd_ci"]
     gen, real = m[names.MS_SSIM_DIVERSITY], m[names.MS_SSIM_DIVERSITY_REAL]
     lo, hi = r["div_diff_ci"]
-    return (f"| {r['prediction_type']} | `{r['run_id']}` | {r['steps']} | {r['seed']} | {r['n_fake']} / {r['n_real']} "
+    run = f"`{r['run_id']}`" if r["status"] != "-" else r["run_id"]
+    return (f"| {r['prediction_type']} | {run} | {r['steps']} | {r['seed']} | {r['n_fake']} / {r['n_real']} "
             f"| {fd:.1f} [{fd_lo:.1f}, {fd_hi:.1f}] | {gen:.3f} | {real:.3f} | {gen - real:+.3f} [{lo:+.3f}, {hi:+.3f}] "
             f"| {r['status']} |")
 
@@ -134,7 +156,7 @@ def main() -> None:
     parser.add_argument("--step", type=int, help="score the local checkpoint of this step instead of the final one")
     args = parser.parse_args()
     register_resolvers()
-    rows = [score_run(root, args.boot, args.step) for root in args.roots]
+    rows = [score_run(root, args.boot, args.step) for root in args.roots] + [real_reference(args.roots[0], args.boot)]
     print("| prediction type | MLflow run | steps | seed | n generated / real | val/fd_domain [95 % CI] "
           "| MS-SSIM diversity, generated | real | generated - real [95 % CI] | run status |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
