@@ -8,11 +8,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from urllib.parse import parse_qs, urlparse
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from synthmed.metrics import names
+from synthmed.tracking import tags as tk
+from synthmed.tracking import ui
+from synthmed.tracking.runinfo import GRID_RE
 from tests.test_sweeps import SMOKE, runs_of, synthmed
 
 
@@ -85,27 +88,52 @@ def mlflow_ui(sweep):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 12, unfinished: MLflow 3.17 collapses the sweep's children under the parent row and "
-                          "the test does not yet find the row's expand control; on a single run the Dataset cells and "
-                          "the Chart switch were checked by hand, the image chart's grids were not", strict=True)
 def test_chart_view_shows_one_grid_per_child_and_the_dataset(sweep, mlflow_ui, chromium, tmp_path):
-    client = MlflowClient(f"sqlite:///{sweep}/mlflow.db")
-    exp = client.get_experiment_by_name("phantom2d")
-    fingerprint = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")[0]
+    """What a user does: open the experiment, expand the sweep's parent row, read the Dataset column, switch to the
+    Chart view, set the `samples` image chart to the last step (MLflow opens it at step 0, where no grid exists)
+    with run parameters off, and view it full screen: one grid per child, side by side."""
+    from playwright.sync_api import expect
+
+    client, parents, children = runs_of(sweep)
+    experiment_id = parents[0].info.experiment_id
+    fingerprint = children[0].data.tags[tk.DATASET_FINGERPRINT]
+    logged = sorted(int(m.group(1)) for a in client.list_artifacts(children[0].info.run_id, "samples")
+                    if (m := GRID_RE.search(a.path)))  # the steps of the grids, as the plain artifacts say
+    last = logged[-1]
     page = chromium.new_page(viewport={"width": 1600, "height": 1000})
     # MLflow 3 opens an experiment on its GenAI overview: the runs table is /runs (load, not networkidle: it polls)
-    page.goto(f"{mlflow_ui}/#/experiments/{exp.experiment_id}/runs", wait_until="load", timeout=90_000)
-    datasets = page.locator("[data-testid=open-dataset-drawer]")  # the Dataset column's cells
-    datasets.first.wait_for(timeout=90_000)
-    digest = fingerprint.data.tags["synthmed.dataset_fingerprint"][:8]
-    assert f"phantom2d ({digest}" in datasets.first.inner_text()
-    expand = page.get_by_role("button", name="Expand rows")  # the sweep parent's children, when collapsed
-    if expand.count():
-        expand.first.click()
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs", wait_until="load", timeout=90_000)
+    parent_row = page.get_by_role("row").filter(has_text=parents[0].info.run_name)
+    parent_row.locator("[role=gridcell][col-id*='Run Name'] button").click(timeout=90_000)  # the +/- expander
+    datasets = page.get_by_test_id("open-dataset-drawer")  # the Dataset column's cells, one per child
+    expect(datasets).to_have_count(len(children), timeout=30_000)
+    assert datasets.all_inner_texts() == [f"phantom2d ({fingerprint[:ui.DIGEST_CHARS]})"] * len(children)
+
     page.locator("label:has(input[value=CHART])").first.click()  # the Table | Chart | Artifacts switch
-    page.get_by_placeholder("Search metric charts").fill("samples")  # the image chart, not below the fold
-    grids = page.locator("img[src*='get-artifact']")
-    grids.first.wait_for(timeout=90_000)
-    page.wait_for_timeout(3000)  # every run's grid arrives
-    page.screenshot(path=str(tmp_path / "chart_view.png"), full_page=True)
-    assert grids.count() >= 3, f"{grids.count()} grid images in the Chart view (screenshot {tmp_path})"
+    page.get_by_placeholder("Search metric charts").fill(ui.GRID_KEY)
+    card = page.get_by_test_id("experiment-view-compare-runs-card").filter(has=page.locator(f"h4[title={ui.GRID_KEY}]"))
+    card.get_by_test_id("experiment-view-compare-runs-card-menu").click()
+    page.get_by_role("menuitem", name="Configure").click()
+    edit = page.get_by_role("dialog", name="Edit chart")
+    edit.get_by_role("switch", name="Show run parameters").click()  # ~150 params per run hide the grids
+    step = edit.get_by_role("slider")
+    assert step.get_attribute("aria-valuemax") == str(last)
+    step.focus()
+    for expected in logged:  # each arrow key moves to the next logged step
+        page.keyboard.press("ArrowRight")
+        expect(step).to_have_attribute("aria-valuenow", str(expected))
+    edit.get_by_role("button", name="Save changes").click()
+    expect(edit).to_be_hidden()
+
+    card.locator("[data-component-id=fullscreen_button_chartcard]").click()
+    grids = page.get_by_role("dialog", name=ui.GRID_KEY).locator("img[src*='get-artifact']")
+    expect(grids).to_have_count(len(children), timeout=30_000)
+    shown = {}
+    for img in grids.all():
+        expect(img).to_be_visible()
+        assert img.evaluate("i => i.decode().then(() => i.naturalWidth)") > 0  # the file arrived and decodes
+        query = parse_qs(urlparse(img.get_attribute("src")).query)
+        shown[query["run_uuid"][0]] = query["path"][0]
+    page.screenshot(path=str(tmp_path / "chart_view.png"))
+    assert set(shown) == {c.info.run_id for c in children}, f"screenshot {tmp_path}"
+    assert all(path.startswith(f"images/{ui.GRID_KEY}+step+{last}+") for path in shown.values()), shown

@@ -2,7 +2,8 @@
 system metrics, and a sweep parent's summary. MLflow I/O only; callers pass plain values.
 
 - Grids go through `MlflowClient.log_image(key=..., step=...)`: the Chart view then shows every run's samples side
-  by side with a step slider (the plain `samples/step_*.png` artifacts stay for `synthmed compare`).
+  by side with a step slider (the plain `samples/step_*.png` artifacts stay for `synthmed compare`). MLflow 3 opens
+  an image chart at step 0 and lists every param under each run: the descriptions say where the step is set.
 - The data set goes through `log_inputs` (the Dataset column): its name, its fingerprint as the digest, its format;
   never a path under the data root.
 - Standard tags: `mlflow.source.name` / `.type` / `.git.commit` (Source column) and `mlflow.note.content`
@@ -48,7 +49,8 @@ def describe_experiment(client: MlflowClient, experiment_id: str, dataset: str) 
     if T.MLFLOW_RUN_NOTE not in exp.tags:
         client.set_experiment_tag(experiment_id, T.MLFLOW_RUN_NOTE, (
             f"synthmed runs on **{dataset}**. Compare them in the Chart view (the `{GRID_KEY}` image chart shows "
-            "each run's sample grid per step) or with `synthmed compare experiment=<this experiment>`."))
+            "each run's sample grid per step; it opens at step 0, before the first grid: move its slider, or "
+            "⋮ → Configure → Step) or with `synthmed compare experiment=<this experiment>`."))
 
 
 def describe_run(client: MlflowClient, run_id: str, experiment_id: str, cfg, fingerprint: str, full_hash: str,
