@@ -122,3 +122,21 @@ def test_pure_noise_is_not_a_collapse(data):
     noise = torch.rand((32, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(0)) * 2 - 1
     audit = data["gate"].audit(noise)
     assert audit.passed and audit.max_per_train <= 1
+
+
+def test_copy_score_blocks_are_bounded_by_memory_not_by_a_query_count(monkeypatch):
+    """Each block of queries expands to every shift and flip (250 variants in 3D): a fixed 64 queries per block grew
+    the peak memory ~11 MiB per query at 12^3 (and would need ~1.7 GB per query at 64^3). Blocks now hold at most
+    ``_BLOCK_ELEMENTS`` variant voxels, and the scores do not depend on the blocking."""
+    import synthmed.metrics.privacy_gate as pg
+
+    gen = torch.Generator().manual_seed(0)
+    queries, train = (torch.rand((n, 1, 8, 8, 8), generator=gen) * 2 - 1 for n in (20, 6))
+    reference = pg.copy_score(queries, train, 2, True)
+    sizes, variants = [], pg._variants
+    monkeypatch.setattr(pg, "_variants", lambda x, *a: sizes.append(x.shape[0]) or variants(x, *a))
+    monkeypatch.setattr(pg, "_BLOCK_ELEMENTS", 4 * 250 * 8 ** 3)  # room for four queries' variants
+    blocked = pg.copy_score(queries, train, 2, True)
+    assert sizes == [4] * 5  # 20 queries in blocks of 4
+    torch.testing.assert_close(blocked[0], reference[0])
+    assert torch.equal(blocked[1], reference[1])
