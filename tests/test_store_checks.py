@@ -12,7 +12,8 @@ from synthmed.tracking import store
 from tests.conftest import compose_train
 
 # /proc/mounts as a cluster node shows it: the lab share over NFS, a scratch Lustre, a local disk mounted inside the
-# share, a CIFS share whose name has a space (written \040), and a GPFS project space.
+# share, a CIFS share whose name has a space (written \040), a GPFS project space, and an NFS share whose name is not
+# ASCII (written as UTF-8, unescaped).
 MOUNTS = """\
 /dev/sda1 / ext4 rw,relatime 0 0
 proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
@@ -21,6 +22,7 @@ fileserver:/export/lab /shared nfs4 rw,relatime,vers=4.2 0 0
 10.0.0.5@tcp:/scratch /scratch lustre rw,flock 0 0
 //nas/team\\040data /mnt/team\\040data cifs rw,vers=3.0 0 0
 gpfs0 /gpfs/projects gpfs rw,relatime 0 0
+fileserver:/export/données /mnt/données nfs4 rw,relatime 0 0
 tmpfs /tmp tmpfs rw,nosuid,nodev 0 0
 """
 
@@ -31,6 +33,7 @@ tmpfs /tmp tmpfs rw,nosuid,nodev 0 0
     ("/scratch/u1/runs/mlflow.db", "lustre (/scratch)"),
     ("/mnt/team data/mlflow.db", "cifs (/mnt/team data)"),
     ("/gpfs/projects/x/mlflow.db", "gpfs (/gpfs/projects)"),
+    ("/mnt/données/runs/mlflow.db", "nfs4 (/mnt/données)"),  # a unicode_escape decode missed it
     ("/sharedfolder/mlflow.db", None),               # a name that merely starts like a mount point
     ("/home/u1/mlflow.db", None),
 ])
