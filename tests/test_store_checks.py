@@ -119,3 +119,31 @@ def test_a_step_whose_metrics_could_not_be_logged_keeps_its_index_after_resume(r
                for r in (ref_run, cut)}
     ref_loss, cut_loss = history[ref_run.info.run_id], history[cut.info.run_id]
     assert cut_loss.items() <= ref_loss.items() and set(ref_loss) - set(cut_loss) == {2}
+
+
+def test_the_cluster_password_is_never_readable_by_others(tmp_path, monkeypatch):
+    """`Cluster.init` wrote the password with `atomic_write` (its temporary file gets the umask's 0644) and chmodded
+    it 600 only after the rename: any local user could read it meanwhile. Every write is checked at its rename."""
+    import os
+    import stat
+
+    from synthmed import io as sio
+    from synthmed import server as srv
+
+    modes, replace = [], os.replace
+
+    def spy(src, dst):
+        modes.append((Path(dst).name, stat.S_IMODE(os.stat(src).st_mode)))
+        return replace(src, dst)
+
+    monkeypatch.setattr(sio.os, "replace", spy)
+    monkeypatch.setattr(srv, "pg_tool", lambda name: name)
+    cluster = srv.Cluster(str(tmp_path / "postgres" / "data"), 5432, str(tmp_path / "postgres.password"))
+    monkeypatch.setattr(cluster, "run", lambda *cmd, **kw: None)  # no initdb here: the password file is the subject
+    old = os.umask(0o022)
+    try:
+        cluster.init()
+    finally:
+        os.umask(old)
+    assert modes == [("postgres.password", 0o600)]
+    assert stat.S_IMODE((tmp_path / "postgres.password").stat().st_mode) == 0o600 and len(cluster.password()) >= 24
