@@ -140,3 +140,12 @@ def test_copy_score_blocks_are_bounded_by_memory_not_by_a_query_count(monkeypatc
     assert sizes == [4] * 5  # 20 queries in blocks of 4
     torch.testing.assert_close(blocked[0], reference[0])
     assert torch.equal(blocked[1], reference[1])
+
+
+def test_a_quantile_past_the_last_held_out_value_is_refused_by_key():
+    """round(0.95 x (9 + 1)) = 10 of 9 held-out values: calibration crashed with an IndexError."""
+    gen = torch.Generator().manual_seed(0)
+    train, heldout = (torch.rand((n, 1, 8, 8), generator=gen) * 2 - 1 for n in (10, 9))
+    with pytest.raises(ValueError, match=r"privacy\.quantile=0\.95: with 9 held-out .* the 10\. most extreme of 9"):
+        PrivacyGate(train, heldout, GateSettings(quantile=0.95, n_copies=4))
+    assert PrivacyGate(train, heldout, GateSettings(quantile=0.9, n_copies=4)).calibration.rank == 9  # the last one

@@ -209,6 +209,11 @@ class PrivacyGate:
         embed = embed if self.skipped is None else None
         self.train, self.settings, self.embed = train.float(), settings, embed
         self.rank = max(1, round(settings.quantile * (k + 1)))  # threshold = the rank-th most extreme held-out value
+        if k >= 2 and self.rank > k:  # e.g. quantile 0.95 of 9 values: rank 10, past the last one (an IndexError)
+            raise ValueError(f"privacy.quantile={settings.quantile:g}: with {k} held-out (validation) images the "
+                             f"threshold would be the {self.rank}. most extreme of {k}; use a quantile below "
+                             f"{(k + 0.5) / (k + 1):.3f} (it is the expected flagged rate without copying) or more "
+                             f"held-out images")
         held_nn = nearest_neighbours(heldout, self.train)
         pixel_threshold = float(held_nn.distance.double().sort().values[self.rank - 1]) if k >= 2 else None
         self.train_features = embed(self.train) if embed else None
