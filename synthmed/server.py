@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from synthmed.io import atomic_write
+from synthmed.io import atomic_path, atomic_write
 
 PG_USER = "synthmed"  # the database role MLflow and Optuna connect as
 OS_USER = "synthmed-pg"  # the system user that owns the cluster when synthmed runs as root
@@ -46,6 +46,15 @@ def pg_tool(name: str) -> str:
                                 f"/usr/lib/postgresql/*/bin): `apt-get install postgresql` (or `make test-setup`), "
                                 f"or give an existing database with --db-url postgresql://...")
     return found
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write `text` atomically to `path`, readable by its owner only from the first byte: `atomic_write` creates
+    its temporary file with the umask's mode (0644), so the password was world-readable until a later chmod."""
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
 
 
 def free_port() -> int:
@@ -97,12 +106,12 @@ class Cluster:
         data.parent.chmod(0o700)
         pwfile = Path(self.password_file)
         if not pwfile.is_file():
-            atomic_write(pwfile, secrets.token_urlsafe(24) + "\n")
+            write_secret(pwfile, secrets.token_urlsafe(24) + "\n")
         pwfile.chmod(0o600)
         if self.os_user:
             shutil.chown(data.parent, self.os_user)
             tmp = data.parent / ".pwfile"  # initdb reads the password as the cluster's owner, who cannot read pwfile
-            tmp.write_text(self.password())
+            write_secret(tmp, self.password())
             shutil.chown(tmp, self.os_user)
             source = str(tmp)
         else:

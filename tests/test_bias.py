@@ -117,6 +117,22 @@ def test_representation_chi2_matches_scipy_and_tvd_by_hand():
     assert rep["groups"][0]["gap"]["high"] < 0  # a 25-point under-representation at n=100 is shown
 
 
+def test_representation_counts_a_group_only_the_reader_puts_real_images_in():
+    """The groups compared were those of the training, true held-out and generated sets: a group that only the
+    read held-out images fall in was dropped, so their shares summed to 0.9 and the TVD came out 0.05, not 0.1."""
+    from scipy.stats import chi2_contingency
+
+    fake, read = {"sex": np.zeros(40)}, {"sex": np.r_[np.zeros(36), np.ones(4)]}  # 4 of 40 real images read as 1
+    rep = B.representation_layer(fake, read, {"sex": np.zeros(40)}, {"sex": np.zeros(100)}, ["sex"], [20, 90],
+                                 False, n_boot=50, seed=0)["sex"]
+    vs = rep["vs_heldout_read"]
+    assert [g["group"] for g in vs["groups"]] == ["0", "1"]
+    assert sum(g["share_real"] for g in vs["groups"]) == pytest.approx(1.0)
+    assert vs["tvd"]["value"] == pytest.approx(0.1)
+    assert vs["chi2"]["p_value"] == pytest.approx(chi2_contingency([[40, 0], [36, 4]])[1])
+    assert rep["reader_accuracy"]["1"]["undefined"] == "no images in this group"
+
+
 # ------------------------------------------------------------------------------------------------ planted phantoms
 def test_planted_phantom_options_plant_what_they_say_and_defaults_stay_identical():
     kw = {"size": 16, "n_train": 400, "noise_std": 0.0}

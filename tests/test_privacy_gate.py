@@ -122,3 +122,30 @@ def test_pure_noise_is_not_a_collapse(data):
     noise = torch.rand((32, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(0)) * 2 - 1
     audit = data["gate"].audit(noise)
     assert audit.passed and audit.max_per_train <= 1
+
+
+def test_copy_score_blocks_are_bounded_by_memory_not_by_a_query_count(monkeypatch):
+    """Each block of queries expands to every shift and flip (250 variants in 3D): a fixed 64 queries per block grew
+    the peak memory ~11 MiB per query at 12^3 (and would need ~1.7 GB per query at 64^3). Blocks now hold at most
+    ``_BLOCK_ELEMENTS`` variant voxels, and the scores do not depend on the blocking."""
+    import synthmed.metrics.privacy_gate as pg
+
+    gen = torch.Generator().manual_seed(0)
+    queries, train = (torch.rand((n, 1, 8, 8, 8), generator=gen) * 2 - 1 for n in (20, 6))
+    reference = pg.copy_score(queries, train, 2, True)
+    sizes, variants = [], pg._variants
+    monkeypatch.setattr(pg, "_variants", lambda x, *a: sizes.append(x.shape[0]) or variants(x, *a))
+    monkeypatch.setattr(pg, "_BLOCK_ELEMENTS", 4 * 250 * 8 ** 3)  # room for four queries' variants
+    blocked = pg.copy_score(queries, train, 2, True)
+    assert sizes == [4] * 5  # 20 queries in blocks of 4
+    torch.testing.assert_close(blocked[0], reference[0])
+    assert torch.equal(blocked[1], reference[1])
+
+
+def test_a_quantile_past_the_last_held_out_value_is_refused_by_key():
+    """round(0.95 x (9 + 1)) = 10 of 9 held-out values: calibration crashed with an IndexError."""
+    gen = torch.Generator().manual_seed(0)
+    train, heldout = (torch.rand((n, 1, 8, 8), generator=gen) * 2 - 1 for n in (10, 9))
+    with pytest.raises(ValueError, match=r"privacy\.quantile=0\.95: with 9 held-out .* the 10\. most extreme of 9"):
+        PrivacyGate(train, heldout, GateSettings(quantile=0.95, n_copies=4))
+    assert PrivacyGate(train, heldout, GateSettings(quantile=0.9, n_copies=4)).calibration.rank == 9  # the last one

@@ -171,3 +171,20 @@ def test_cards_read_reports_and_copy_no_path_or_foreign_tag(smoke, tmp_path):
     assert "trained_on_real_and_fake" in cards[1]  # the utility report travels with the data set
     for doc in cards:
         assert "secret_data_root" not in doc and "DOE^JANE" not in doc and str(root) not in doc
+
+
+def test_the_dataset_card_names_the_rate_test_it_quotes():
+    """The gate decides by the beta-binomial p (the calibration's own randomness included); the card called that
+    number an "exact binomial p", which is a different, smaller p-value (12 of 64 at rank 3 of 64: 0.0043 vs 3.2e-5)."""
+    from dataclasses import asdict
+
+    from synthmed.metrics.privacy_gate import rate_test
+    from synthmed.reports.cards import dataset_card
+
+    t = rate_test("pixel", 12, 64, 3, 64, 0.025, 0.8)
+    record = {"metrics": {}, "metric_provenance": {}, "reports": {}}
+    report = {"audited": True, "gate": "warn", "n_flagged": 12, "n_samples": 64, "passed": False,
+              "reasons": ["12 of 64 flagged"], "rate_tests": [asdict(t) | {"power_note": "n = 64"}]}
+    text = dataset_card(record, report, "png", 64)
+    assert f"exact beta-binomial p = {t.p_value:.3g} (plain binomial p = {t.binomial_p_value:.3g})" in text
+    assert "exact binomial p" not in text

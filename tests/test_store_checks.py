@@ -12,7 +12,8 @@ from synthmed.tracking import store
 from tests.conftest import compose_train
 
 # /proc/mounts as a cluster node shows it: the lab share over NFS, a scratch Lustre, a local disk mounted inside the
-# share, a CIFS share whose name has a space (written \040), and a GPFS project space.
+# share, a CIFS share whose name has a space (written \040), a GPFS project space, and an NFS share whose name is not
+# ASCII (written as UTF-8, unescaped).
 MOUNTS = """\
 /dev/sda1 / ext4 rw,relatime 0 0
 proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
@@ -21,6 +22,7 @@ fileserver:/export/lab /shared nfs4 rw,relatime,vers=4.2 0 0
 10.0.0.5@tcp:/scratch /scratch lustre rw,flock 0 0
 //nas/team\\040data /mnt/team\\040data cifs rw,vers=3.0 0 0
 gpfs0 /gpfs/projects gpfs rw,relatime 0 0
+fileserver:/export/données /mnt/données nfs4 rw,relatime 0 0
 tmpfs /tmp tmpfs rw,nosuid,nodev 0 0
 """
 
@@ -31,6 +33,7 @@ tmpfs /tmp tmpfs rw,nosuid,nodev 0 0
     ("/scratch/u1/runs/mlflow.db", "lustre (/scratch)"),
     ("/mnt/team data/mlflow.db", "cifs (/mnt/team data)"),
     ("/gpfs/projects/x/mlflow.db", "gpfs (/gpfs/projects)"),
+    ("/mnt/données/runs/mlflow.db", "nfs4 (/mnt/données)"),  # a unicode_escape decode missed it
     ("/sharedfolder/mlflow.db", None),               # a name that merely starts like a mount point
     ("/home/u1/mlflow.db", None),
 ])
@@ -116,3 +119,31 @@ def test_a_step_whose_metrics_could_not_be_logged_keeps_its_index_after_resume(r
                for r in (ref_run, cut)}
     ref_loss, cut_loss = history[ref_run.info.run_id], history[cut.info.run_id]
     assert cut_loss.items() <= ref_loss.items() and set(ref_loss) - set(cut_loss) == {2}
+
+
+def test_the_cluster_password_is_never_readable_by_others(tmp_path, monkeypatch):
+    """`Cluster.init` wrote the password with `atomic_write` (its temporary file gets the umask's 0644) and chmodded
+    it 600 only after the rename: any local user could read it meanwhile. Every write is checked at its rename."""
+    import os
+    import stat
+
+    from synthmed import io as sio
+    from synthmed import server as srv
+
+    modes, replace = [], os.replace
+
+    def spy(src, dst):
+        modes.append((Path(dst).name, stat.S_IMODE(os.stat(src).st_mode)))
+        return replace(src, dst)
+
+    monkeypatch.setattr(sio.os, "replace", spy)
+    monkeypatch.setattr(srv, "pg_tool", lambda name: name)
+    cluster = srv.Cluster(str(tmp_path / "postgres" / "data"), 5432, str(tmp_path / "postgres.password"))
+    monkeypatch.setattr(cluster, "run", lambda *cmd, **kw: None)  # no initdb here: the password file is the subject
+    old = os.umask(0o022)
+    try:
+        cluster.init()
+    finally:
+        os.umask(old)
+    assert modes == [("postgres.password", 0o600)]
+    assert stat.S_IMODE((tmp_path / "postgres.password").stat().st_mode) == 0o600 and len(cluster.password()) >= 24

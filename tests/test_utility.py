@@ -114,6 +114,25 @@ def test_bad_input_is_refused_by_key_before_any_training(data):
         LabelledSplit.of(unlabelled, "train", "data set 'folder'")
 
 
+class _Diverged(SyntheticSource):
+    classes = (0, 1)
+
+    def sample(self, labels, seed, real):
+        images = torch.zeros(len(labels), *real.images.shape[1:])
+        images[1, 0, 3, 3] = float("nan")  # clamp(-1, 1) keeps a NaN
+        return images
+
+
+def test_a_generator_that_makes_nan_is_named_before_a_classifier_trains_on_it(data):
+    """NaN images trained NaN weights, and the harness ended in binary_cross_entropy's "all elements of input should
+    be between 0 and 1" (a RuntimeError that said nothing about the generator) after training the real regimes."""
+    from synthmed.evaluation.utility import _synthetic
+
+    settings = UtilitySettings(regimes=["real", "real+synth"], **SETTINGS)
+    with pytest.raises(ValueError, match=r"generator made 1 of 104 images with NaN or infinite values \(seed 3\)"):
+        _synthetic(_Diverged(), data["train"].subset(torch.arange(13)), settings, seed=3)
+
+
 def test_leakage_is_refused_naming_the_overlapping_ids(data):
     test = data["test"]
     leaky = Seen(frozenset(test.ids[3:5]), frozenset())

@@ -422,6 +422,10 @@ def _synthetic(source: SyntheticSource, real: LabelledSplit, settings: UtilitySe
         raise ValueError(f"the generator made images {list(images.shape)}, expected {[len(labels)]} + "
                          f"{list(real.images.shape[1:])} (the real data's shape): the utility harness needs the "
                          f"same shape")
+    bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
+    if bad:  # a diverged generator: NaN trained NaN weights, then a RuntimeError from BCE
+        raise ValueError(f"the generator made {bad} of {len(images)} images with NaN or infinite values (seed {seed}); "
+                         f"its run diverged: the utility harness needs finite images in [-1, 1]")
     return images.float(), labels
 
 

@@ -65,7 +65,9 @@ def representation_layer(fake_read: Mapping[str, np.ndarray], heldout_read: Mapp
     g_train = fair.group_columns(train_true, by, edges, intersect)
     out = {}
     for name in g_fake:
-        order = sorted(set(g_train[name]) | set(g_held[name]) | set(g_fake[name]))
+        # Every group any side shows, the read held-out included: a group only the reader puts real images in was
+        # left out, so the real shares did not sum to 1 and the TVD and chi-squared missed it.
+        order = sorted(set(g_train[name]) | set(g_held[name]) | set(g_fake[name]) | set(g_read[name]))
         kw = {"n_boot": n_boot, "seed": seed, "order": order}
         out[name] = {
             "vs_heldout_read": fair.representation(g_fake[name], g_read[name], **kw),  # the reader cancels

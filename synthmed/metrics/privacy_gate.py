@@ -41,7 +41,10 @@ from torch import Tensor
 
 from synthmed.metrics.memorization import nearest_neighbours
 
-_BLOCK = 64  # query images per correlation block (each expands to every shift)
+# Elements (float64) of the largest array of one correlation block: a block of b queries expands to b x V variants
+# of P voxels each, V = (2 max_shift + 1)^d (x 2 with the flip): 250 in 3D. A fixed count of queries per block
+# needed ~11 MiB per query at 12^3 and would need ~1.7 GB per query at 64^3; 2^24 elements keep each array at 128 MiB.
+_BLOCK_ELEMENTS = 1 << 24
 POWERED_RATE = 0.25  # a rate test "has power" when it catches a model that copies a quarter of its samples
 DISCLAIMER = ("This is an audit of this exact batch against the model's training set, not a privacy guarantee: "
               "a sample can reveal a patient it is not nearest to, or traits the detectors do not measure.")
@@ -206,6 +209,11 @@ class PrivacyGate:
         embed = embed if self.skipped is None else None
         self.train, self.settings, self.embed = train.float(), settings, embed
         self.rank = max(1, round(settings.quantile * (k + 1)))  # threshold = the rank-th most extreme held-out value
+        if k >= 2 and self.rank > k:  # e.g. quantile 0.95 of 9 values: rank 10, past the last one (an IndexError)
+            raise ValueError(f"privacy.quantile={settings.quantile:g}: with {k} held-out (validation) images the "
+                             f"threshold would be the {self.rank}. most extreme of {k}; use a quantile below "
+                             f"{(k + 0.5) / (k + 1):.3f} (it is the expected flagged rate without copying) or more "
+                             f"held-out images")
         held_nn = nearest_neighbours(heldout, self.train)
         pixel_threshold = float(held_nn.distance.double().sort().values[self.rank - 1]) if k >= 2 else None
         self.train_features = embed(self.train) if embed else None
@@ -392,8 +400,10 @@ def copy_score(queries: Tensor, train: Tensor, max_shift: int, flip: bool) -> tu
     """Shift- and flip-tolerant correlation: for each query ``[N, C, *spatial]`` the highest Pearson correlation of
     any of its shifted/flipped variants with any training image ``[M, ...]``; returns (score ``[N]``, train index)."""
     ref = _standardized(train.flatten(1))
+    n_variants = (2 * max_shift + 1) ** (queries.ndim - 2) * (2 if flip else 1)
+    per_query = n_variants * max(ref.shape[1], ref.shape[0])  # variants x voxels, and the [V, M] correlations
     scores, index = [], []
-    for block in queries.split(_BLOCK):
+    for block in queries.split(max(1, _BLOCK_ELEMENTS // per_query)):
         v = _variants(block, max_shift, flip)  # [b, V, P]
         corr = _standardized(v.flatten(0, 1)) @ ref.T  # [b * V, M]
         best, where = corr.view(v.shape[0], v.shape[1], -1).flatten(1).max(1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -60,11 +61,18 @@ def mount_of(path: Path, mounts: str) -> tuple[str, str]:
         fields = line.split()
         if len(fields) < 3:
             continue
-        point = fields[1].encode().decode("unicode_escape")  # /proc/mounts writes a space as \040
+        point = _unescape(fields[1])
         inside = path == Path(point) or Path(point) in path.parents
         if inside and len(point) >= len(best[0]):
             best = (point, fields[2])
     return best
+
+
+def _unescape(field: str) -> str:
+    """A /proc/mounts field with its octal escapes (space \\040, tab, newline, backslash) decoded. Only those: other
+    characters are written as they are (UTF-8), and a `unicode_escape` decode turned "/mnt/données" into
+    "/mnt/donnÃ©es", so a store under such a mount was never found on its network file system."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
 def network_fs(path: Path, mounts: str | None = None) -> str | None:
