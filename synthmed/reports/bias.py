@@ -59,7 +59,9 @@ def representation_md(rep: dict) -> list[str]:
            "Groups of the generated images as the in-domain reader reads them, against real held-out images read "
            "by the same reader (its error then affects both sides alike) and against the true training shares. "
            "The reader floor is the distance of real held-out images (read) to the training shares: what a "
-           "perfect generator would score.", ""]
+           "perfect generator would score. A TVD is a distance: never below 0, and its bootstrap interval is biased "
+           "upward, so it cannot contain 0 even for a perfect generator; read it against the reader floor, and take "
+           "the per-group gaps and the chi-squared p as the tests of a difference.", ""]
     for name, r in rep.items():
         vs, train = r["vs_heldout_read"], {g["group"]: g for g in r["vs_train"]["groups"]}
         rows = [[g["group"], str(g["n_fake"]), num(g["share_fake"]), str(g["n_real"]), num(g["share_real"]),
