@@ -212,27 +212,21 @@ def test_two_processes_add_trials_to_one_optuna_study_in_postgresql(team):
 
 
 def test_a_given_database_serves_without_initdb_and_stays_up_after_stop(team):
-    """`--db-url`: MLflow on an existing PostgreSQL database (here one the team's cluster holds), no cluster made;
-    the URL's password never reaches a command line; `server stop` stops MLflow and leaves the database running."""
+    """`--db-url`: a second `synthmed server` on an existing database (the team's own `mlflow` one, already
+    migrated: two servers on one store) makes no cluster; the URL's password never reaches MLflow's command line;
+    what it logs is read back through the first server and from the database; `server stop` stops MLflow only."""
     import psycopg
 
     password = team.env["PGPASSWORD"]
-
-    def connect(dbname: str) -> psycopg.Connection:
-        return psycopg.connect(host="127.0.0.1", port=team.pg_port, user=srv.PG_USER, password=password,
-                               dbname=dbname, autocommit=True)
-
-    with connect("postgres") as conn:
-        conn.execute('CREATE DATABASE "given"')
     root = Path(tempfile.mkdtemp(prefix="synthmed-given-"))
-    url = f"postgresql://{srv.PG_USER}:{password}@127.0.0.1:{team.pg_port}/given"
-    given = Team(root, srv.free_port(), ("--db-url", url, "--workers", "1"))
-    given.start()
+    given = Team(root, srv.free_port(),
+                 ("--db-url", f"postgresql://{srv.PG_USER}:{password}@127.0.0.1:{team.pg_port}/mlflow", "--workers", "1"))
     try:
+        given.start()
         assert "PGPASSWORD" not in os.environ  # the server got the password from the URL alone
         mlflow_pid = json.loads(srv.state_file(root).read_text())["mlflow_pid"]
         cmdline = Path(f"/proc/{mlflow_pid}/cmdline").read_bytes().split(b"\0")
-        assert f"postgresql+psycopg://{srv.PG_USER}@127.0.0.1:{team.pg_port}/given".encode() in cmdline
+        assert f"postgresql+psycopg://{srv.PG_USER}@127.0.0.1:{team.pg_port}/mlflow".encode() in cmdline
         assert not any(password.encode() in arg for arg in cmdline)
         assert not (root / "postgres").exists() and "Optuna:" not in given.banner  # no initdb, no cluster of its own
 
@@ -243,15 +237,18 @@ def test_a_given_database_serves_without_initdb_and_stays_up_after_stop(team):
         (root / "note.txt").write_text("logged through --db-url\n")
         client.log_artifact(run_id, str(root / "note.txt"))
         client.set_terminated(run_id)
-        assert [(m.step, m.value) for m in client.get_metric_history(run_id, names.TRAIN_LOSS)] == [(0, 0.5), (1, 0.25)]
         assert Path(client.download_artifacts(run_id, "note.txt", str(root / "dl"))).read_text() == \
             "logged through --db-url\n"
     finally:
-        given.stop()
-    assert srv.healthy(team.uri)  # the team's server, on the same PostgreSQL, still answers
-    with connect("given") as conn:  # the run is in the given database, which outlived `server stop`
+        if given.proc is not None and given.proc.poll() is None:
+            given.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    first = MlflowClient(team.uri)  # the team's server, on the same database, still up
+    assert first.get_run(run_id).info.status == "FINISHED"
+    assert [(m.step, m.value) for m in first.get_metric_history(run_id, names.TRAIN_LOSS)] == [(0, 0.5), (1, 0.25)]
+    with psycopg.connect(host="127.0.0.1", port=team.pg_port, user=srv.PG_USER, password=password,
+                         dbname="mlflow") as conn:
         assert conn.execute("SELECT status FROM runs WHERE run_uuid = %s", (run_id,)).fetchall() == [("FINISHED",)]
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_run_rides_out_a_short_outage_and_resumes_after_a_long_one(team, monkeypatch):
