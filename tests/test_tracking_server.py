@@ -211,19 +211,19 @@ def test_two_processes_add_trials_to_one_optuna_study_in_postgresql(team):
     assert values == sorted(r.data.metrics[r.data.tags[tk.SEARCH_OBJECTIVE]] for r in searched)
 
 
-def test_a_given_database_serves_without_initdb_and_stays_up_after_stop(team):
+def test_a_given_database_serves_without_initdb_and_stays_up_after_stop(team, monkeypatch):
     """`--db-url`: a second `synthmed server` on an existing database (the team's own `mlflow` one, already
     migrated: two servers on one store) makes no cluster; the URL's password never reaches MLflow's command line;
     what it logs is read back through the first server and from the database; `server stop` stops MLflow only."""
     import psycopg
 
     password = team.env["PGPASSWORD"]
+    monkeypatch.delenv("PGPASSWORD", raising=False)  # the server gets the password from the URL alone
     root = Path(tempfile.mkdtemp(prefix="synthmed-given-"))
     given = Team(root, srv.free_port(),
                  ("--db-url", f"postgresql://{srv.PG_USER}:{password}@127.0.0.1:{team.pg_port}/mlflow", "--workers", "1"))
     try:
         given.start()
-        assert "PGPASSWORD" not in os.environ  # the server got the password from the URL alone
         mlflow_pid = json.loads(srv.state_file(root).read_text())["mlflow_pid"]
         cmdline = Path(f"/proc/{mlflow_pid}/cmdline").read_bytes().split(b"\0")
         assert f"postgresql+psycopg://{srv.PG_USER}@127.0.0.1:{team.pg_port}/mlflow".encode() in cmdline
