@@ -80,6 +80,40 @@ def test_a_bare_postgresql_url_gets_the_installed_driver():
     assert sqlalchemy_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"  # an explicit driver stays
 
 
+def test_a_given_database_url_keeps_its_password_off_the_command_line():
+    from sqlalchemy.engine import make_url
+
+    from synthmed.server import given_database
+
+    store, password = given_database("postgresql://lab:p%40ss@db.lab:5432/mlflow?sslmode=require")
+    assert password == "p@ss"  # decoded as libpq needs it in PGPASSWORD
+    parsed = make_url(store)
+    assert parsed.password is None and "p%40ss" not in store and "p@ss" not in store
+    assert (parsed.drivername, parsed.username, parsed.host, parsed.port, parsed.database, dict(parsed.query)) == \
+        ("postgresql+psycopg", "lab", "db.lab", 5432, "mlflow", {"sslmode": "require"})
+    assert given_database("postgresql://lab@db.lab/mlflow") == ("postgresql+psycopg://lab@db.lab/mlflow", None)
+    for bad in ("mysql://lab@db.lab/mlflow", "postgresql://lab@db.lab", "db.lab:5432/mlflow"):
+        with pytest.raises(ValueError, match="--db-url .*expected postgresql://USER"):
+            given_database(bad)
+
+
+def test_server_refuses_an_unreachable_database_or_a_missing_auth_app_before_starting_anything(tmp_path, capsys,
+                                                                                                monkeypatch):
+    import sys
+
+    from synthmed import server as srv
+
+    url = f"postgresql://lab:secret-pw@127.0.0.1:{free_port()}/mlflow"  # nothing listens there
+    assert srv.main(["--root", str(tmp_path), "--port", str(free_port()), "--db-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "--db-url postgresql+psycopg://lab@127.0.0.1" in err and "refuses the connection" in err
+    assert "secret-pw" not in err
+    monkeypatch.setitem(sys.modules, "mlflow.server.auth", None)  # as when mlflow[auth]'s Flask-WTF is missing
+    assert srv.main(["--root", str(tmp_path), "--port", str(free_port()), "--basic-auth"]) == 2
+    assert "mlflow[auth]" in capsys.readouterr().err
+    assert not (tmp_path / "postgres").exists() and not (tmp_path / "server" / "mlflow.log").exists()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny convolutions run several times faster on one thread on a busy machine; restored afterwards."""
@@ -128,36 +162,3 @@ def test_a_step_whose_metrics_could_not_be_logged_keeps_its_index_after_resume(r
     ref_loss, cut_loss = history[ref_run.info.run_id], history[cut.info.run_id]
     assert cut_loss.items() <= ref_loss.items() and set(ref_loss) - set(cut_loss) == {2}
 
-
-def test_a_given_database_url_keeps_its_password_off_the_command_line():
-    from sqlalchemy.engine import make_url
-
-    from synthmed.server import given_database
-
-    store, password = given_database("postgresql://lab:p%40ss@db.lab:5432/mlflow?sslmode=require")
-    assert password == "p@ss"  # decoded as libpq needs it in PGPASSWORD
-    parsed = make_url(store)
-    assert parsed.password is None and "p%40ss" not in store and "p@ss" not in store
-    assert (parsed.drivername, parsed.username, parsed.host, parsed.port, parsed.database, dict(parsed.query)) == \
-        ("postgresql+psycopg", "lab", "db.lab", 5432, "mlflow", {"sslmode": "require"})
-    assert given_database("postgresql://lab@db.lab/mlflow") == ("postgresql+psycopg://lab@db.lab/mlflow", None)
-    for bad in ("mysql://lab@db.lab/mlflow", "postgresql://lab@db.lab", "db.lab:5432/mlflow"):
-        with pytest.raises(ValueError, match="--db-url .*expected postgresql://USER"):
-            given_database(bad)
-
-
-def test_server_refuses_an_unreachable_database_or_a_missing_auth_app_before_starting_anything(tmp_path, capsys,
-                                                                                                monkeypatch):
-    import sys
-
-    from synthmed import server as srv
-
-    url = f"postgresql://lab:secret-pw@127.0.0.1:{free_port()}/mlflow"  # nothing listens there
-    assert srv.main(["--root", str(tmp_path), "--port", str(free_port()), "--db-url", url]) == 2
-    err = capsys.readouterr().err
-    assert "--db-url postgresql+psycopg://lab@127.0.0.1" in err and "refuses the connection" in err
-    assert "secret-pw" not in err
-    monkeypatch.setitem(sys.modules, "mlflow.server.auth", None)  # as when mlflow[auth]'s Flask-WTF is missing
-    assert srv.main(["--root", str(tmp_path), "--port", str(free_port()), "--basic-auth"]) == 2
-    assert "mlflow[auth]" in capsys.readouterr().err
-    assert not (tmp_path / "postgres").exists() and not (tmp_path / "server" / "mlflow.log").exists()
