@@ -161,4 +161,3 @@ def test_a_step_whose_metrics_could_not_be_logged_keeps_its_index_after_resume(r
                for r in (ref_run, cut)}
     ref_loss, cut_loss = history[ref_run.info.run_id], history[cut.info.run_id]
     assert cut_loss.items() <= ref_loss.items() and set(ref_loss) - set(cut_loss) == {2}
-
