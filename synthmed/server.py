@@ -11,7 +11,8 @@ stop MLflow, then PostgreSQL; pid and state files live in `<root>/server/`.
 
 PostgreSQL refuses to run as root: when started by root, the cluster belongs to a system user (`synthmed-pg`,
 created once with `useradd --system`). Its password is random, kept in `<root>/postgres.password` (mode 600) and
-handed to MLflow as `PGPASSWORD`, never on a command line.
+handed to MLflow as `PGPASSWORD`, never on a command line. A password in `--db-url` is moved to `PGPASSWORD` the
+same way; that database must accept a connection before MLflow starts (no `initdb`, and `stop` leaves it running).
 """
 
 from __future__ import annotations
@@ -70,6 +71,50 @@ def sqlalchemy_url(url: str) -> str:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
+
+
+def given_database(url: str) -> tuple[str, str | None]:
+    """`--db-url` as (MLflow's store URL without a password, the password or None).
+
+    A password written in the URL would show on `mlflow server`'s command line (`ps`, /proc) for every user of the
+    machine; it travels as PGPASSWORD instead (libpq reads it; without one, PGPASSWORD or ~/.pgpass as usual).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    expected = "expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+    try:
+        parsed = make_url(sqlalchemy_url(url))
+    except ArgumentError:
+        raise ValueError(f"--db-url {url!r} is not a database URL: {expected}") from None
+    if parsed.get_backend_name() != "postgresql" or not parsed.database:
+        raise ValueError(f"--db-url {parsed.render_as_string()!r}: {expected} (synthmed server runs on PostgreSQL)")
+    return parsed._replace(password=None).render_as_string(hide_password=False), parsed.password
+
+
+def check_database(store: str, password: str | None, timeout_s: int = 10) -> None:
+    """A given database must accept a connection now: named here, before `mlflow server` dies on it in its log."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(store)
+    try:
+        psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database, password=password,
+                        connect_timeout=timeout_s, **url.query).close()
+    except psycopg.Error as err:
+        raise ConnectionError(f"--db-url {store}: PostgreSQL refuses the connection ({str(err).strip()}); "
+                              f"check host, port, database and the password (in the URL, PGPASSWORD or ~/.pgpass)"
+                              ) from None
+
+
+def check_basic_auth() -> None:
+    """MLflow's basic-auth app has dependencies of its own (mlflow[auth]): missing, it is named before anything
+    starts, instead of in mlflow.log after PostgreSQL came up."""
+    try:
+        import mlflow.server.auth  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(f"--basic-auth needs MLflow's auth app, which does not import here ({err}); install "
+                           f"`mlflow[auth]` on the server machine (clients need nothing extra)") from None
 
 
 @dataclass
@@ -294,17 +339,24 @@ def start(args: argparse.Namespace) -> int:
                            f"`synthmed server stop --root {root}` first")
     env = dict(os.environ)
     extra = ("--app-name", "basic-auth") if args.basic_auth else ()
-    if args.basic_auth and not (root / "server" / "basic_auth.db").is_file() and "MLFLOW_AUTH_ADMIN_PASSWORD" not in env:
-        raise RuntimeError("--basic-auth: the first start creates the user `admin` with the password in "
-                           "MLFLOW_AUTH_ADMIN_PASSWORD; set it (a strong one, not in your shell history)")
+    if args.basic_auth:
+        check_basic_auth()
+        if not (root / "server" / "basic_auth.db").is_file() and "MLFLOW_AUTH_ADMIN_PASSWORD" not in env:
+            raise RuntimeError("--basic-auth: the first start creates the user `admin` with the password in "
+                               "MLFLOW_AUTH_ADMIN_PASSWORD; set it (a strong one, not in your shell history)")
     cluster = None
-    if not args.db_url:
+    if args.db_url:
+        store, password = given_database(args.db_url)
+        if password is not None:
+            env["PGPASSWORD"] = password
+        check_database(store, env.get("PGPASSWORD"))
+    else:
         data = root / "postgres" / "data"
         cluster = Cluster(str(data), pg_port(root, args.pg_port), str(root / "postgres.password"), cluster_owner(data))
         cluster.init()
+        store = cluster.url("mlflow")
     artifacts = args.artifacts or str(root / "mlartifacts")
-    server = MlflowServer(cluster.url("mlflow") if cluster else sqlalchemy_url(args.db_url), artifacts, args.port,
-                          str(root / "server" / "mlflow.log"), workers=args.workers)
+    server = MlflowServer(store, artifacts, args.port, str(root / "server" / "mlflow.log"), workers=args.workers)
     signal.signal(signal.SIGTERM, _interrupt)  # `server stop` (SIGTERM) cleans up as Ctrl-C does, also while starting
     try:
         if cluster is not None:
@@ -400,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return start(args) if args.action == "start" else stop(args)
-    except (FileNotFoundError, PermissionError, RuntimeError, TimeoutError) as exc:
+    except (FileNotFoundError, PermissionError, RuntimeError, TimeoutError, ValueError, ConnectionError) as exc:
         print(f"synthmed server: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # stopped while starting: what had started is stopped again (start's finally)

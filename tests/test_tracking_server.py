@@ -1,6 +1,7 @@
 """A team's tracking server, for real: `synthmed server` starts PostgreSQL (initdb as an unprivileged user) and
-`mlflow server` with proxied artifacts on 127.0.0.1; sweeps, compare, reproduce, a two-process Optuna search and a
-run that outlives a server restart all go through it. No mock: the same processes a lab would run."""
+`mlflow server` with proxied artifacts on 127.0.0.1; sweeps, compare, reproduce, a two-process Optuna search, a
+server on a given database (`--db-url`) and a run that outlives two server restarts all go through it. No mock: the
+same processes a lab would run."""
 
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ from tests.conftest import SMOKE_RUN, compose_train
 from tests.test_sweeps import SMOKE
 
 pytestmark = pytest.mark.slow
-N_JOBS = 4  # parallel sweep jobs (the issue asks for 8; 4 keep this file in the suite's time budget, see README)
+N_JOBS = 8  # parallel sweep jobs (joblib launcher), as the issue asks
+# Jobs as cheap as a job that still trains, validates, draws grids and is evaluated: two steps, and only the metric
+# the tests read (MS-SSIM diversity; no in-domain encoder). Most of a job's cost is its worker importing torch.
+JOB = [*SMOKE, "trainer.max_steps=2", "eval.metrics=[ms_ssim_diversity]",
+       "callbacks.generation_metrics.metrics=[ms_ssim_diversity]"]
 
 
 @dataclass
@@ -35,6 +40,7 @@ class Team:
 
     root: Path
     port: int
+    args: tuple[str, ...] = ()  # more `synthmed server` options (e.g. --db-url)
     proc: subprocess.Popen | None = None
     banner: str = ""
 
@@ -48,13 +54,19 @@ class Team:
         return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
                 "PGPASSWORD": (self.root / "postgres.password").read_text().strip()}
 
+    @property
+    def pg_port(self) -> int:
+        """The local cluster's port (kept across restarts in the server folder)."""
+        return int((self.root / "server" / "pg_port").read_text())
+
     def optuna_storage(self) -> str:
         """The storage URL from the banner (the line a user copies)."""
         [line] = [w for w in self.banner.split() if w.startswith("hydra.sweeper.storage=")]
         return line.split("=", 1)[1]
 
     def start(self, timeout: float = 240.0) -> None:
-        cmd = [sys.executable, "-m", "synthmed.cli", "server", "--root", str(self.root), "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "synthmed.cli", "server", "--root", str(self.root), "--port", str(self.port),
+               *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout], daemon=True).start()
@@ -73,6 +85,16 @@ class Team:
         """`synthmed server stop` (what `make server-stop` runs); the foreground process then exits 0."""
         assert srv.main(["stop", "--root", str(self.root)]) == 0
         assert self.proc.wait(timeout=120) == 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The in-process trainings (reproduce, the outage runs) on one thread, as the sweep's jobs run: tiny
+    convolutions are several times faster so on a busy machine; restored for the tests that follow."""
+    from synthmed.metrics.domain import one_thread
+
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +134,7 @@ def sweep(team):
     """N_JOBS parallel jobs (joblib launcher) of one sweep, logging to the server."""
     work = team.root / "work-sweep"
     seeds = ",".join(str(s) for s in range(N_JOBS))
-    finish(synthmed(["train", "-m", *SMOKE, "hydra/launcher=joblib", f"hydra.launcher.n_jobs={N_JOBS}",
+    finish(synthmed(["train", "-m", *JOB, "hydra/launcher=joblib", f"hydra.launcher.n_jobs={N_JOBS}",
                      f"seed={seeds}", f"logger.tracking_uri={team.uri}"], work, team.env))
     return work
 
@@ -137,7 +159,7 @@ def test_parallel_sweep_jobs_log_everything_through_the_server(team, sweep):
     assert {c.data.tags[tk.PARENT_RUN] for c in children} == {parents[0].info.run_id}
     assert sorted(int(c.data.params["override.seed"]) for c in children) == list(range(N_JOBS))
     for child in children:
-        assert [m.step for m in client.get_metric_history(child.info.run_id, names.TRAIN_LOSS)] == [0, 1, 2, 3]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, names.TRAIN_LOSS)] == [0, 1]
         assert names.MS_SSIM_DIVERSITY in child.data.metrics
         grids = [a.path for a in client.list_artifacts(child.info.run_id, "samples")]
         assert grids, child.info.run_id
@@ -165,7 +187,7 @@ def test_compare_and_reproduce_against_the_server(team, sweep, capsys):
     child = next(r for r in runs(client) if r.data.params.get("override.seed") == "0")
     ref = child.data.tags[tk.CONFIG_HASH][:12]
     # The default tolerance (1e-6): the sweep job ran in a joblib worker with OMP_NUM_THREADS=1, this re-run in the
-    # test process with more threads, which moves the evaluation's float sums by ~1e-8 (nothing to do with the server).
+    # test process on one thread too (_one_thread); a different thread count moves float sums by ~1e-8.
     assert reproduce.main([ref, f"tracking_uri={team.uri}", f"paths.root={team.root / 'work-repro'}"]) == 0, \
         capsys.readouterr().out[-3000:]
     [again] = [r for r in runs(client) if r.data.tags.get(tk.REPRODUCES) == child.info.run_id]
@@ -176,7 +198,10 @@ def test_two_processes_add_trials_to_one_optuna_study_in_postgresql(team):
     import optuna
 
     storage = team.optuna_storage()
-    args = ["train", "-m", "hparams_search=ddpm_optuna", *SMOKE, "hydra.sweeper.n_trials=2",
+    # The search's offline objective (fd_domain) is the one final metric a trial needs.
+    trial = [*SMOKE, "trainer.max_steps=2", "eval.metrics=[fd_domain]",
+             "callbacks.generation_metrics.metrics=[ms_ssim_diversity]"]
+    args = ["train", "-m", "hparams_search=ddpm_optuna", *trial, "hydra.sweeper.n_trials=2",
             f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=team", f"logger.tracking_uri={team.uri}"]
     procs = [synthmed(args, team.root / f"work-optuna{i}", team.env) for i in range(2)]
     for proc in procs:
@@ -196,31 +221,97 @@ def test_two_processes_add_trials_to_one_optuna_study_in_postgresql(team):
     assert values == sorted(r.data.metrics[r.data.tags[tk.SEARCH_OBJECTIVE]] for r in searched)
 
 
-def test_a_run_outlives_a_server_restart_and_resumes_to_the_uninterrupted_result(team, monkeypatch):
-    """The server (MLflow and PostgreSQL) stops at step 2: training fails, its checkpoint stays on disk; once the
-    server is back, resume= continues the same MLflow run to the metrics of a run that was never interrupted."""
+def test_a_given_database_serves_without_initdb_and_stays_up_after_stop(team, monkeypatch):
+    """`--db-url`: a second `synthmed server` on an existing database (the team's own `mlflow` one, already
+    migrated: two servers on one store) makes no cluster; the URL's password never reaches MLflow's command line;
+    what it logs is read back through the first server and from the database; `server stop` stops MLflow only."""
+    import psycopg
+
+    password = team.env["PGPASSWORD"]
+    monkeypatch.delenv("PGPASSWORD", raising=False)  # the server gets the password from the URL alone
+    root = Path(tempfile.mkdtemp(prefix="synthmed-given-"))
+    given = Team(root, srv.free_port(),
+                 ("--db-url", f"postgresql://{srv.PG_USER}:{password}@127.0.0.1:{team.pg_port}/mlflow", "--workers", "1"))
+    try:
+        given.start()
+        mlflow_pid = json.loads(srv.state_file(root).read_text())["mlflow_pid"]
+        cmdline = Path(f"/proc/{mlflow_pid}/cmdline").read_bytes().split(b"\0")
+        assert f"postgresql+psycopg://{srv.PG_USER}@127.0.0.1:{team.pg_port}/mlflow".encode() in cmdline
+        assert not any(password.encode() in arg for arg in cmdline)
+        assert not (root / "postgres").exists() and "Optuna:" not in given.banner  # no initdb, no cluster of its own
+
+        client = MlflowClient(given.uri)
+        run_id = client.create_run(client.create_experiment("given")).info.run_id
+        for step, loss in enumerate((0.5, 0.25)):
+            client.log_metric(run_id, names.TRAIN_LOSS, loss, step=step)
+        (root / "note.txt").write_text("logged through --db-url\n")
+        client.log_artifact(run_id, str(root / "note.txt"))
+        client.set_terminated(run_id)
+        assert Path(client.download_artifacts(run_id, "note.txt", str(root / "dl"))).read_text() == \
+            "logged through --db-url\n"
+    finally:
+        if given.proc is not None and given.proc.poll() is None:
+            given.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    first = MlflowClient(team.uri)  # the team's server, on the same database, still up
+    assert first.get_run(run_id).info.status == "FINISHED"
+    assert [(m.step, m.value) for m in first.get_metric_history(run_id, names.TRAIN_LOSS)] == [(0, 0.5), (1, 0.25)]
+    with psycopg.connect(host="127.0.0.1", port=team.pg_port, user=srv.PG_USER, password=password,
+                         dbname="mlflow") as conn:
+        assert conn.execute("SELECT status FROM runs WHERE run_uuid = %s", (run_id,)).fetchall() == [("FINISHED",)]
+
+
+def test_a_run_rides_out_a_short_outage_and_resumes_after_a_long_one(team, monkeypatch):
+    """The server (MLflow and PostgreSQL) stops twice during one run. At step 1 it is back within seconds: the step's
+    metrics wait in MLflow's retries (exponential backoff) and are logged, nothing lost. At step 2 it stays down
+    longer than the retries last: training fails, its checkpoint stays on disk; once the server is back, resume=
+    continues the same MLflow run to the metrics of a run that was never interrupted."""
     from pytorch_lightning.loggers import MLFlowLogger
 
     from synthmed.train import train
 
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down (default: 7, backoff)
-    overrides = [*SMOKE_RUN, f"logger.tracking_uri={team.uri}", "experiment_name=outage"]
+    # Retries after 0, 2, 4, 8, 16, 32, 64, 120... s: minutes of patience for a restart that takes seconds.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "10")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    overrides = [*SMOKE_RUN, f"logger.tracking_uri={team.uri}", "experiment_name=outage",
+                 "eval.metrics=[ms_ssim_diversity]", "callbacks.generation_metrics.metrics=[ms_ssim_diversity]"]
     reference = train(compose_train(team.root / "work-ref", overrides))
     [ref_run] = runs(MlflowClient(team.uri), "outage")
 
     original = MLFlowLogger.log_metrics
+    short: dict[str, object] = {}  # the short outage: its restart thread, when the restart began, what went wrong
 
-    def stop_at_step_2(self, metrics, step=None):
-        if step == 2 and team.proc.poll() is None:
+    def restart_soon() -> None:
+        time.sleep(3)  # down for a few seconds, then the restart's own time
+        short["restart_began"] = time.monotonic()
+        try:
+            team.start()
+        except Exception as err:  # noqa: BLE001 - reported by the test, not lost in a thread
+            short["error"] = err
+
+    def outages(self, metrics, step=None):
+        if names.TRAIN_LOSS in metrics and step == 1:
+            team.stop()
+            short["thread"] = threading.Thread(target=restart_soon)
+            short["thread"].start()
+            original(self, metrics, step)  # retried until the server is back
+            short["logged"] = time.monotonic()
+            return None
+        if names.TRAIN_LOSS in metrics and step == 2:
+            short["thread"].join()
+            monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the long outage: retries spent at once
             team.stop()
         return original(self, metrics, step)
 
-    monkeypatch.setattr(MLFlowLogger, "log_metrics", stop_at_step_2)
+    monkeypatch.setattr(MLFlowLogger, "log_metrics", outages)
     work = team.root / "work-outage"
     with pytest.raises(Exception):  # noqa: B017 - whichever MLflow call meets the stopped server first
         train(compose_train(work, overrides))
+    assert "error" not in short, short.get("error")
+    assert short["logged"] > short["restart_began"]  # step 1's metrics waited out the outage
     assert (work / "outputs" / "job" / "checkpoints" / "on_exception.ckpt").is_file()
     monkeypatch.setattr(MLFlowLogger, "log_metrics", original)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "10")
 
     team.start()
     client = MlflowClient(team.uri)
@@ -233,5 +324,7 @@ def test_a_run_outlives_a_server_restart_and_resumes_to_the_uninterrupted_result
     ref_loss = {m.step: m.value for m in client.get_metric_history(ref_run.info.run_id, names.TRAIN_LOSS)}
     cut_loss = {m.step: m.value for m in client.get_metric_history(cut.info.run_id, names.TRAIN_LOSS)}
     # Every logged step has the uninterrupted run's loss at the same step (the step count survives the failed
-    # logging: callbacks/checkpoint.py); only the step whose metrics met the stopped server is missing.
+    # logging: callbacks/checkpoint.py); step 1, logged across the short outage, is there once; only step 2, which
+    # met the long one, is missing.
+    assert [m.step for m in client.get_metric_history(cut.info.run_id, names.TRAIN_LOSS)].count(1) == 1
     assert cut_loss.items() <= ref_loss.items() and set(ref_loss) - set(cut_loss) == {2}
