@@ -137,3 +137,45 @@ def test_chart_view_shows_one_grid_per_child_and_the_dataset(sweep, mlflow_ui, c
     page.screenshot(path=str(tmp_path / "chart_view.png"))
     assert set(shown) == {c.info.run_id for c in children}, f"screenshot {tmp_path}"
     assert all(path.startswith(f"images/{ui.GRID_KEY}+step+{last}+") for path in shown.values()), shown
+
+
+class _RacingClient:
+    """A real client whose first `log_inputs` calls fail as the loser of a parallel insert does on the server."""
+
+    def __init__(self, client, failures: int, message: str):
+        self.client, self.failures, self.message, self.calls = client, failures, message, 0
+
+    def log_inputs(self, run_id, inputs):
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise MlflowException(self.message)
+        return self.client.log_inputs(run_id, inputs)
+
+
+DUPLICATE = ('BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique constraint '
+             '"dataset_pk" DETAIL: Key (experiment_id, name, digest)=(1, phantom2d, e03b14) already exists.')
+
+
+def test_a_sweep_job_that_loses_the_dataset_race_still_links_the_dataset(run_root):
+    """The parallel jobs of a sweep insert the same data set row at once; the losers (a unique-key error, as
+    PostgreSQL reports it through the server) retry and link the existing row, anything else is raised at once."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_root}/mlflow.db")
+    run = client.create_run(client.create_experiment("race"))
+    racing = _RacingClient(client, failures=2, message=DUPLICATE)
+    ui.log_dataset(racing, run.info.run_id, "phantom2d", "e03b1409" * 8, "PhantomDataset", "train")
+    assert racing.calls == 3
+    (linked,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert (linked.dataset.name, linked.dataset.digest) == ("phantom2d", ("e03b1409" * 8)[:ui.DIGEST_CHARS])
+    other = _RacingClient(client, failures=1, message="RESOURCE_DOES_NOT_EXIST: run not found")
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+        ui.log_dataset(other, run.info.run_id, "phantom2d", "e03b1409" * 8, "PhantomDataset", "train")
+    assert other.calls == 1
+    endless = _RacingClient(client, failures=ui.DATASET_ATTEMPTS, message=DUPLICATE)
+    with pytest.raises(MlflowException, match="dataset_pk"):
+        ui.log_dataset(endless, run.info.run_id, "phantom2d", "e03b1409" * 8, "PhantomDataset", "train")
+    assert endless.calls == ui.DATASET_ATTEMPTS

@@ -13,9 +13,11 @@ system metrics, and a sweep parent's summary. MLflow I/O only; callers pass plai
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags as T
 
@@ -25,6 +27,7 @@ from synthmed.tracking.mlflow_utils import git_sha, log_text, set_tags
 log = logging.getLogger(__name__)
 
 GRID_KEY = "samples"  # image-chart key: one chart, every run's grid at each step
+DATASET_ATTEMPTS = 4  # log_inputs tries: a sweep's jobs race to create the same data set row (_lost_dataset_race)
 DIGEST_CHARS = 32  # MLflow stores a dataset digest in at most 36 characters: a 128-bit prefix of the fingerprint
 
 
@@ -70,8 +73,23 @@ def log_dataset(client: MlflowClient, run_id: str, name: str, fingerprint: str, 
 
     source = CodeDatasetSource({"format": fmt, "fingerprint": fingerprint})
     dataset = MetaDataset(source, name=name, digest=fingerprint[:DIGEST_CHARS])
-    client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag(T.MLFLOW_DATASET_CONTEXT,
-                                                                                   context)])])
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag(T.MLFLOW_DATASET_CONTEXT, context)])]
+    for attempt in range(DATASET_ATTEMPTS):
+        try:
+            client.log_inputs(run_id, inputs)
+            return
+        except MlflowException as err:
+            if attempt == DATASET_ATTEMPTS - 1 or not _lost_dataset_race(err):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def _lost_dataset_race(err: Exception) -> bool:
+    """MLflow's store looks a data set up, then inserts it: the parallel jobs of a sweep, starting together on one
+    data set, can all miss it and all insert, and all but one fail on the table's key (PostgreSQL: `dataset_pk`,
+    sqlite: `UNIQUE constraint failed: datasets`). A retry then finds the row and links it."""
+    text = str(err)
+    return "dataset_pk" in text or "UNIQUE constraint failed: datasets" in text
 
 
 def log_grid(client: MlflowClient, run_id: str, grid: np.ndarray, step: int) -> None:
